@@ -106,7 +106,7 @@ def orthogonal(scale: float = 1.0) -> Initializer:
         big, small = max(n_rows, n_cols), min(n_rows, n_cols)
         a = jax.random.normal(key, (big, small), jnp.float32)
         q, r = jnp.linalg.qr(a)
-        q = q * jnp.sign(jnp.diagonal(r))  # uniform (Haar) distribution
+        q = q * jnp.sign(jnp.diagonal(r))[None, :]  # uniform (Haar) distribution
         if n_rows < n_cols:
             q = q.T
         return (scale * q).astype(dtype)

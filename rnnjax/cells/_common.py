@@ -60,3 +60,8 @@ def split_keys(key: Any, n: int) -> list[Array]:
         raise TypeError(f"key must be a jax PRNG key (jax.random.key or PRNGKey), got "
                         f"{type(key).__name__}")
     return list(jax.random.split(key, n))
+
+
+def rows(v: Array, like: Array) -> Array:
+    """Reshape a vector ``[H]`` to broadcast against ``like [..., H]`` without rank promotion."""
+    return v.reshape((1,) * (like.ndim - 1) + v.shape)

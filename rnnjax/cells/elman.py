@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax import initializers as inits
-from rnnjax.cells._common import check_batch_shape, check_carry_batch, check_input, check_size, split_keys
+from rnnjax.cells._common import check_batch_shape, check_carry_batch, check_input, check_size, rows, split_keys
 from rnnjax.types import Array, Cell, Initializer, JordanState
 
 
@@ -50,7 +50,8 @@ def elman(
     def apply(params, h, x):
         x = check_input(x, params["w_x"].shape[0])
         check_carry_batch(h, x)
-        h = activation(x @ params["w_x"] + h @ params["w_h"] + params["b"])
+        z = x @ params["w_x"] + h @ params["w_h"]
+        h = activation(z + rows(params["b"], z))
         return h, h
 
     return Cell(init, initial_carry, apply)
@@ -126,8 +127,10 @@ def jordan(
         check_carry_batch(carry.h, x, "carry.h")
         check_carry_batch(carry.y, x, "carry.y")
         h, y = carry
-        y = x @ params["w_yx"] + y @ params["w_yy"] + h @ params["w_yh"] + params["b_y"]
-        h = activation(x @ params["w_hx"] + y @ params["w_hy"] + h @ params["w_hh"] + params["b_h"])
+        y = x @ params["w_yx"] + y @ params["w_yy"] + h @ params["w_yh"]
+        y = y + rows(params["b_y"], y)
+        z = x @ params["w_hx"] + y @ params["w_hy"] + h @ params["w_hh"]
+        h = activation(z + rows(params["b_h"], z))
         return JordanState(h, y), y
 
     return Cell(init, initial_carry, apply)

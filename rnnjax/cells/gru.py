@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax import initializers as inits
-from rnnjax.cells._common import check_batch_shape, check_carry_batch, check_input, check_size, split_keys
+from rnnjax.cells._common import check_batch_shape, check_carry_batch, check_input, check_size, rows, split_keys
 from rnnjax.types import Array, Cell, Initializer
 
 _RESETS = ("before", "after")
@@ -66,13 +66,14 @@ def gru(
         x = check_input(x, params["w_x"].shape[0])
         check_carry_batch(h, x)
         w_h = params["w_h"]
-        gx = x @ params["w_x"] + params["b"]
+        gx = x @ params["w_x"]
+        gx = gx + rows(params["b"], gx)
         xr, xz, xn = jnp.split(gx, 3, axis=-1)
         if reset == "after":
             hr, hz, hn = jnp.split(h @ w_h, 3, axis=-1)
             r = jax.nn.sigmoid(xr + hr)
             z = jax.nn.sigmoid(xz + hz)
-            n = candidate_activation(xn + r * (hn + params["b_hn"]))
+            n = candidate_activation(xn + r * (hn + rows(params["b_hn"], hn)))
         else:
             hrz = h @ w_h[:, : 2 * H]
             hr, hz = jnp.split(hrz, 2, axis=-1)
@@ -120,7 +121,8 @@ def mgu(
         x = check_input(x, params["w_x"].shape[0])
         check_carry_batch(h, x)
         w_h = params["w_h"]
-        xf, xn = jnp.split(x @ params["w_x"] + params["b"], 2, axis=-1)
+        gx = x @ params["w_x"]
+        xf, xn = jnp.split(gx + rows(params["b"], gx), 2, axis=-1)
         f = jax.nn.sigmoid(xf + h @ w_h[:, :H])
         n = jnp.tanh(xn + (f * h) @ w_h[:, H:])
         h = h + f * (n - h)

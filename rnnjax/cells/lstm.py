@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax import initializers as inits
-from rnnjax.cells._common import check_batch_shape, check_carry_batch, check_input, check_size, split_keys
+from rnnjax.cells._common import check_batch_shape, check_carry_batch, check_input, check_size, rows, split_keys
 from rnnjax.types import Cell, Initializer, LSTMState
 
 
@@ -75,14 +75,15 @@ def lstm(
         check_carry_batch(carry.h, x, "carry.h")
         check_carry_batch(carry.c, x, "carry.c")
         h, c = carry
-        z = x @ params["w_x"] + h @ params["w_h"] + params["b"]
+        z = x @ params["w_x"] + h @ params["w_h"]
+        z = z + rows(params["b"], z)
         zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
         if peephole:
-            zi = zi + params["w_ci"] * c
-            zf = zf + params["w_cf"] * c
+            zi = zi + rows(params["w_ci"], c) * c
+            zf = zf + rows(params["w_cf"], c) * c
         c = jax.nn.sigmoid(zf) * c + jax.nn.sigmoid(zi) * jnp.tanh(zg)
         if peephole:
-            zo = zo + params["w_co"] * c
+            zo = zo + rows(params["w_co"], c) * c
         h = jax.nn.sigmoid(zo) * jnp.tanh(c)
         return LSTMState(h, c), h
 

@@ -1,0 +1,103 @@
+"""Independently recurrent neural network, IndRNN (Li et al. 2018)."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from rnnjax import initializers as inits
+from rnnjax.cells._common import check_batch_shape, check_carry_batch, check_input, check_size, rows, split_keys
+from rnnjax.types import Array, Cell, Initializer, Params
+
+
+def indrnn_max_abs(max_timescale: float) -> float:
+    """The paper's bound on the recurrent weights of a ReLU IndRNN for a horizon T: ``2^(1/T)``.
+
+    With ``|u| <= 2^(1/T)`` a unit's state can grow by at most a factor of 2 over T steps
+    (``|u|^T <= 2``), so neither the state nor the gradient explodes over the horizon.
+    """
+    if isinstance(max_timescale, bool) or not isinstance(max_timescale, (int, float)) or not (
+            math.isfinite(max_timescale) and max_timescale >= 1):
+        raise ValueError(f"max_timescale must be a finite number >= 1, got {max_timescale!r}")
+    return 2.0 ** (1.0 / max_timescale)
+
+
+def indrnn_constrain(params: Params, max_abs: float, min_abs: float = 0.0) -> Params:
+    """Project IndRNN params onto ``min_abs <= |u| <= max_abs`` (sign kept), as in Li et al. 2018.
+
+    Call it on the cell's params after every optimizer step (projected gradient descent: the
+    paper clips the recurrent weights after each update). ``max_abs = indrnn_max_abs(T)`` is the
+    paper's ``2^(1/T)`` for a ReLU IndRNN over T steps. Returns a new dict; only ``u`` changes.
+    """
+    if not (isinstance(params, dict) and "u" in params):
+        raise TypeError("params must be an IndRNN params dict with a 'u' entry")
+    if not 0.0 <= min_abs <= max_abs:
+        raise ValueError(f"need 0 <= min_abs <= max_abs, got min_abs={min_abs}, max_abs={max_abs}")
+    u = params["u"]
+    mag = jnp.clip(jnp.abs(u), min_abs, max_abs)
+    sign = jnp.where(u < 0, -1.0, 1.0).astype(u.dtype)
+    return {**params, "u": sign * mag}
+
+
+def indrnn(
+    hidden_size: int,
+    *,
+    activation: Callable[[Array], Array] = jax.nn.relu,
+    max_timescale: float | None = None,
+    input_init: Initializer = inits.glorot_uniform,
+    recurrent_init: Initializer | None = None,
+    bias_init: Initializer = inits.zeros,
+    dtype=jnp.float32,
+) -> Cell:
+    """Independently recurrent neural network, IndRNN (Li, Li, Cook, Zhu & Gao 2018).
+
+    ``h_t = f(x_t W + u⊙h_{t-1} + b)``; output ``h_t``. Each unit has one recurrent weight
+    ``u_n``, so ``∂h_T/∂h_t`` is a product of scalars ``u_n^(T-t)`` times activation derivatives,
+    and bounding ``|u_n|`` bounds the gradient over a horizon.
+
+    Constraint: the paper keeps ``|u| ∈ [0, 2^(1/T)]`` for a ReLU IndRNN over T steps. This cell
+    does *not* clip inside ``apply`` (a clip there has zero gradient outside the range and
+    halves it at the bound); it initialises ``u ~ U[0, 2^(1/T)]`` when ``max_timescale=T`` is
+    given (else ``U[0, 1]``), and :func:`indrnn_constrain` projects ``u`` back into the range
+    after each optimizer step: ``params = indrnn_constrain(params, indrnn_max_abs(T))``.
+
+    Params: ``w_x [D, H]``, ``u [H]``, ``b [H]``. Carry: ``h [..., H]``.
+
+    Args:
+      hidden_size: H.
+      activation: f (``jax.nn.relu``, the paper's choice).
+      max_timescale: T, the horizon that sets the initial range of ``u`` (``[0, 2^(1/T)]``).
+      input_init, bias_init: initialisers for ``w_x`` and ``b``.
+      recurrent_init: for ``u`` (shape ``(H,)``); overrides the range set by ``max_timescale``.
+      dtype: parameter dtype.
+    """
+    H = check_size("hidden_size", hidden_size)
+    if recurrent_init is None:
+        hi = 1.0 if max_timescale is None else indrnn_max_abs(max_timescale)
+
+        def recurrent_init(key, shape, dtype=jnp.float32):
+            return jax.random.uniform(key, shape, dtype, 0.0, hi)
+
+    def init(key, input_size):
+        D = check_size("input_size", input_size)
+        kx, ku, kb = split_keys(key, 3)
+        return {
+            "w_x": input_init(kx, (D, H), dtype),
+            "u": recurrent_init(ku, (H,), dtype),
+            "b": bias_init(kb, (H,), dtype),
+        }
+
+    def initial_carry(params, batch_shape):
+        return jnp.zeros((*check_batch_shape(batch_shape), H), params["u"].dtype)
+
+    def apply(params, h, x):
+        x = check_input(x, params["w_x"].shape[0])
+        check_carry_batch(h, x)
+        z = x @ params["w_x"]
+        h = activation(z + rows(params["u"], h) * h + rows(params["b"], z))
+        return h, h
+
+    return Cell(init, initial_carry, apply)

@@ -1,0 +1,208 @@
+"""Layers built from cells: deep stacks, bidirectional RNNs, dense readouts and dropout.
+
+Everything here returns a :class:`rnnjax.Cell`, a :class:`Layer` (a NamedTuple of pure
+``init``/``apply``) or is a pure function with an explicit ``key``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnnjax import initializers as inits
+from rnnjax.cells._common import check_input, rows, check_size, split_keys
+from rnnjax.types import Array, Carry, Cell, Initializer, Params, PRNGKey
+from rnnjax.unroll import unroll
+
+
+class Layer(NamedTuple):
+    """A feed-forward layer: ``init(key, input_size) -> params``, ``apply(params, x) -> y``."""
+
+    init: Callable[[PRNGKey, int], Params]
+    apply: Callable[[Params, Array], Array]
+
+
+def stack(*cells: Cell) -> Cell:
+    """A deep RNN: the output of layer ``k`` is the input of layer ``k+1`` at the same step.
+
+    ``carry = (carry_1, ..., carry_L)``; output ``y_t`` of the last layer.
+    Params: a tuple ``(params_1, ..., params_L)``.
+    """
+    if not cells:
+        raise ValueError("stack needs at least one cell")
+    for i, c in enumerate(cells):
+        if not isinstance(c, Cell):
+            raise TypeError(f"cells[{i}] must be an rnnjax.Cell, got {type(c).__name__}")
+
+    def init(key, input_size):
+        size = check_size("input_size", input_size)
+        params = []
+        for c, k in zip(cells, split_keys(key, len(cells))):
+            p = c.init(k, size)
+            size = jax.eval_shape(
+                lambda p, size=size, c=c: c.apply(p, c.initial_carry(p, ()), jnp.zeros((size,)))[1],
+                p).shape[-1]
+            params.append(p)
+        return tuple(params)
+
+    def initial_carry(params, batch_shape):
+        _check_layers(params, len(cells))
+        return tuple(c.initial_carry(p, batch_shape) for c, p in zip(cells, params))
+
+    def apply(params, carry, x):
+        _check_layers(params, len(cells))
+        if not isinstance(carry, tuple) or len(carry) != len(cells):
+            raise ValueError(f"carry must be a tuple of {len(cells)} layer carries")
+        new = []
+        for c, p, h in zip(cells, params, carry):
+            h, x = c.apply(p, h, x)
+            new.append(h)
+        return tuple(new), x
+
+    return Cell(init, initial_carry, apply)
+
+
+def _check_layers(params, n):
+    if not isinstance(params, (tuple, list)) or len(params) != n:
+        raise ValueError(f"params must be a tuple of {n} layer params (from stack(...).init)")
+
+
+_MERGES: dict[str, Callable[[Array, Array], Array]] = {
+    "concat": lambda a, b: jnp.concatenate([a, b], axis=-1),
+    "sum": lambda a, b: a + b,
+    "mean": lambda a, b: 0.5 * (a + b),
+    "mul": lambda a, b: a * b,
+}
+
+
+class Bidirectional(NamedTuple):
+    """A bidirectional RNN over whole sequences.
+
+    ``init(key, input_size) -> {"fwd": params, "bwd": params}``;
+    ``apply(params, xs, carry=None, *, lengths=None, time_major=True) -> ((carry_f, carry_b), ys)``.
+    """
+
+    init: Callable[[PRNGKey, int], Params]
+    apply: Callable[..., tuple[tuple[Carry, Carry], Array]]
+
+
+def bidirectional(fwd: Cell, bwd: Cell, merge: str | Callable[[Array, Array], Array] = "concat") -> Bidirectional:
+    """Run ``fwd`` left to right and ``bwd`` right to left and merge their outputs step by step.
+
+    ``ys[t] = merge(y_fwd[t], y_bwd[t])``, where ``y_bwd[t]`` is ``bwd``'s output on consuming
+    ``x_t`` having seen ``x_{T-1}, ..., x_{t}`` (Schuster & Paliwal 1997). With ``lengths`` the
+    backward cell reverses each sequence within its valid part and padded outputs are zero.
+
+    Args:
+      fwd, bwd: cells; merge: ``"concat"`` (``[..., O_f + O_b]``), ``"sum"``, ``"mean"``, ``"mul"``
+        or a function ``(y_fwd, y_bwd) -> y``.
+    """
+    for name, c in (("fwd", fwd), ("bwd", bwd)):
+        if not isinstance(c, Cell):
+            raise TypeError(f"{name} must be an rnnjax.Cell, got {type(c).__name__}")
+    if isinstance(merge, str):
+        if merge not in _MERGES:
+            raise ValueError(f"merge must be one of {sorted(_MERGES)} or a callable, got {merge!r}")
+        merge_fn = _MERGES[merge]
+    elif callable(merge):
+        merge_fn = merge
+    else:
+        raise TypeError(f"merge must be a string or a callable, got {type(merge).__name__}")
+
+    def init(key, input_size):
+        kf, kb = split_keys(key, 2)
+        return {"fwd": fwd.init(kf, input_size), "bwd": bwd.init(kb, input_size)}
+
+    def apply(params, xs, carry=None, *, lengths=None, time_major=True):
+        cf, cb = (None, None) if carry is None else carry
+        cf, yf = unroll(fwd, params["fwd"], xs, cf, lengths=lengths, time_major=time_major)
+        cb, yb = unroll(bwd, params["bwd"], xs, cb, lengths=lengths, time_major=time_major, reverse=True)
+        return (cf, cb), merge_fn(yf, yb)
+
+    return Bidirectional(init, apply)
+
+
+def dense(output_size: int, *, kernel_init: Initializer = inits.glorot_uniform,
+          bias_init: Initializer = inits.zeros, dtype=jnp.float32) -> Layer:
+    """Dense readout ``y = x W + b`` (the seeds' ``y_t = W_y h_t + b_y``).
+
+    Params: ``w [D, O]``, ``b [O]``. ``x`` has shape ``[..., D]`` (apply it to ``ys`` of any rank).
+    """
+    O = check_size("output_size", output_size)
+
+    def init(key, input_size):
+        D = check_size("input_size", input_size)
+        kw, kb = split_keys(key, 2)
+        return {"w": kernel_init(kw, (D, O), dtype), "b": bias_init(kb, (O,), dtype)}
+
+    def apply(params, x):
+        x = check_input(x, params["w"].shape[0])
+        y = x @ params["w"]
+        return y + rows(params["b"], y)
+
+    return Layer(init, apply)
+
+
+def _check_rate(rate: Any) -> None:
+    if isinstance(rate, jax.core.Tracer):
+        return
+    r = np.asarray(rate)
+    if r.ndim != 0 or not (0.0 <= float(r) < 1.0):
+        raise ValueError(f"rate must be a scalar in [0, 1), got {rate!r}")
+
+
+def dropout(x: Array, rate: float | Array, *, key: PRNGKey) -> Array:
+    """Inverted dropout: zero each element with probability ``rate``, scale the rest by ``1/(1-rate)``.
+
+    ``rate`` may be a traced scalar (a swept hyperparameter); ``rate = 0`` returns ``x`` exactly.
+    """
+    _check_rate(rate)
+    keep = 1.0 - jnp.asarray(rate, x.dtype)
+    mask = jax.random.bernoulli(key, keep, x.shape)
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+def variational_dropout(xs: Array, rate: float | Array, *, key: PRNGKey, time_axis: int = 0) -> Array:
+    """Dropout with one mask shared by all time steps (Gal & Ghahramani 2016).
+
+    ``xs`` is a sequence with time on ``time_axis`` (0 for ``[T, B, D]``); the same elements of
+    every ``x_t`` are dropped.
+    """
+    _check_rate(rate)
+    if not -xs.ndim <= time_axis < xs.ndim:
+        raise ValueError(f"time_axis {time_axis} out of range for xs of rank {xs.ndim}")
+    shape = list(xs.shape)
+    shape[time_axis] = 1
+    keep = 1.0 - jnp.asarray(rate, xs.dtype)
+    mask = jax.random.bernoulli(key, keep, tuple(shape))
+    return jnp.where(mask, xs / keep, jnp.zeros_like(xs))
+
+
+def recurrent_dropout(cell: Cell, rate: float | Array, *, key: PRNGKey) -> Cell:
+    """Variational dropout on the recurrent state: one mask for all steps (Gal & Ghahramani 2016).
+
+    The hidden state entering each step (``carry.h`` for an LSTM or Jordan carry, the carry itself
+    for single-array carries) is multiplied by a mask drawn once from ``key`` for the carry's
+    shape; the cell state ``c`` of an LSTM is left alone. Use a fresh ``key`` per training step,
+    and the plain cell for evaluation.
+    """
+    _check_rate(rate)
+
+    def drop(h):
+        keep = 1.0 - jnp.asarray(rate, h.dtype)
+        mask = jax.random.bernoulli(key, keep, h.shape)
+        return jnp.where(mask, h / keep, jnp.zeros_like(h))
+
+    def apply(params, carry, x):
+        if hasattr(carry, "_replace") and hasattr(carry, "h"):
+            carry = carry._replace(h=drop(carry.h))
+        elif isinstance(carry, jax.Array):
+            carry = drop(carry)
+        else:
+            raise TypeError("recurrent_dropout needs a carry that is an array or has a field 'h'")
+        return cell.apply(params, carry, x)
+
+    return Cell(cell.init, cell.initial_carry, apply)
