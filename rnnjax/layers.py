@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax import initializers as inits
-from rnnjax.cells._common import check_input, rows, check_size, split_keys
+from rnnjax.cells._common import check_input, check_size, rows, split_keys
 from rnnjax.types import Array, Carry, Cell, Initializer, Params, PRNGKey
 from rnnjax.unroll import unroll
 
@@ -23,6 +23,16 @@ class Layer(NamedTuple):
 
     init: Callable[[PRNGKey, int], Params]
     apply: Callable[[Params, Array], Array]
+
+
+def output_size(cell: Cell, params: Params, input_size: int) -> int:
+    """The size ``O`` of ``cell``'s output for inputs of size ``input_size`` (shape inference only)."""
+    D = check_size("input_size", input_size)
+
+    def one(p):
+        return cell.apply(p, cell.initial_carry(p, ()), jnp.zeros((D,), jnp.float32))[1]
+
+    return int(jax.eval_shape(one, params).shape[-1])
 
 
 def stack(*cells: Cell) -> Cell:
@@ -42,9 +52,7 @@ def stack(*cells: Cell) -> Cell:
         params = []
         for c, k in zip(cells, split_keys(key, len(cells))):
             p = c.init(k, size)
-            size = jax.eval_shape(
-                lambda p, size=size, c=c: c.apply(p, c.initial_carry(p, ()), jnp.zeros((size,)))[1],
-                p).shape[-1]
+            size = output_size(c, p, size)
             params.append(p)
         return tuple(params)
 
@@ -204,5 +212,23 @@ def recurrent_dropout(cell: Cell, rate: float | Array, *, key: PRNGKey) -> Cell:
         else:
             raise TypeError("recurrent_dropout needs a carry that is an array or has a field 'h'")
         return cell.apply(params, carry, x)
+
+    return Cell(cell.init, cell.initial_carry, apply)
+
+
+def map_output(cell: Cell, fn: Callable[[Array], Array]) -> Cell:
+    """The same cell with ``fn`` applied to its output: ``y_t = fn(y_t)`` (carry unchanged).
+
+    Puts a nonlinearity between the layers of a :func:`stack` of cells whose output is linear in
+    their input and carry (LRU), e.g. ``stack(map_output(lru(64, 64), jax.nn.gelu), lru(64, 64))``.
+    """
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell must be an rnnjax.Cell, got {type(cell).__name__}")
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+
+    def apply(params, carry, x):
+        carry, y = cell.apply(params, carry, x)
+        return carry, fn(y)
 
     return Cell(cell.init, cell.initial_carry, apply)

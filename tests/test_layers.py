@@ -111,3 +111,19 @@ def test_recurrent_dropout():
         np.testing.assert_allclose(ys[t], y, atol=1e-6)
     _, ys0 = rnnjax.unroll(cell, params, xs)
     assert float(jnp.abs(ys - ys0).max()) > 1e-3
+
+
+def test_map_output():
+    cell = rnnjax.elman(3)
+    p = cell.init(jax.random.key(0), 2)
+    xs = jax.random.normal(jax.random.key(1), (4, 2))
+    c1, y1 = rnnjax.unroll(layers.map_output(cell, jnp.square), p, xs)
+    c0, y0 = rnnjax.unroll(cell, p, xs)
+    np.testing.assert_allclose(c1, c0, atol=1e-6)
+    np.testing.assert_allclose(y1, y0 ** 2, atol=1e-6)
+
+
+def test_output_size():
+    assert layers.output_size(rnnjax.jordan(5, 3), rnnjax.jordan(5, 3).init(jax.random.key(0), 2), 2) == 3
+    deep = layers.stack(rnnjax.lstm(4), rnnjax.gru(7))
+    assert layers.output_size(deep, deep.init(jax.random.key(0), 2), 2) == 7
