@@ -46,7 +46,7 @@ from rnnjax.losses import (
     sequence_cross_entropy,
 )
 from rnnjax.train import NonFiniteError, TrainState, current_learning_rate, evaluate, fit, optimizer, train_step
-from rnnjax.types import Cell, JordanState, LSTMState
+from rnnjax.types import Cell, JordanState, LinearForm, LinearRecurrence, LogLinearRecurrence, LSTMState
 from rnnjax.unroll import unroll
 
 __version__ = "0.1.0"

@@ -7,6 +7,9 @@ A cell is a :class:`Cell`, a ``NamedTuple`` of three pure functions, in the styl
     carry = cell.initial_carry(params, batch_shape)  # zeros for a batch shape, e.g. (B,) or ()
     carry, y = cell.apply(params, carry, x)          # one time step; x is [D] or [..., D]
 
+and two optional hooks that ``unroll`` uses when present: ``cell.linear`` (a :class:`LinearForm`
+for the associative-scan path) and ``cell.prepare`` (per-sequence work on params).
+
 Nothing is hidden in objects: ``jax.grad``, ``jax.jit``, ``jax.vmap``, ``jax.checkpoint`` and
 sharding compose with every piece.
 """
@@ -35,6 +38,46 @@ class ApplyFn(Protocol):
     def __call__(self, params: Params, carry: Carry, x: Array) -> tuple[Carry, Array]: ...
 
 
+class LinearRecurrence(NamedTuple):
+    """Coefficients of ``carry_t = a_t ⊙ carry_{t-1} + b_t`` (elementwise) over a sequence.
+
+    ``b`` has the carry's shape with a leading time axis, ``[T, ..., N]`` (real or complex); ``a``
+    broadcasts to it (e.g. ``[N]`` for a time-invariant diagonal, as in the LRU).
+    """
+
+    a: Array
+    b: Array
+
+
+class LogLinearRecurrence(NamedTuple):
+    """The same recurrence in log space: ``log_a = log a_t`` and ``log_b = log b_t`` (``a, b > 0``).
+
+    ``unroll`` then scans ``log`` values with ``logaddexp`` (minGRU/minLSTM, Feng et al. 2024):
+    no product of many ``a_t`` is formed, so nothing under- or overflows. The carry itself may
+    have any sign (``carry_t = exp(Σ log a) ⊙ carry_0 + exp(scan)``). Shapes as in
+    :class:`LinearRecurrence`.
+    """
+
+    log_a: Array
+    log_b: Array
+
+
+class LinearForm(NamedTuple):
+    """The parallel form of a cell whose carry update is linear in the carry.
+
+    Attributes:
+      coefficients: ``coefficients(params, xs) -> LinearRecurrence | LogLinearRecurrence`` for
+        time-major inputs ``xs [T, ..., D]``; ``a_t``, ``b_t`` may depend on ``x_t`` and params
+        only (``unroll`` reorders time steps for ``reverse`` with ``lengths``). The carry must be
+        a single array ``[..., N]``.
+      readout: ``readout(params, carries, xs) -> ys``: the outputs ``[T, ..., O]`` from the
+        carries after each step ``[T, ..., N]`` and the inputs ``[T, ..., D]``.
+    """
+
+    coefficients: Callable[[Params, Array], "LinearRecurrence | LogLinearRecurrence"]
+    readout: Callable[[Params, Array, Array], Array]
+
+
 class Cell(NamedTuple):
     """A recurrent cell as three pure functions.
 
@@ -44,11 +87,24 @@ class Cell(NamedTuple):
         ``batch_shape`` (``()`` for a single sequence).
       apply: ``apply(params, carry, x) -> (carry, y)``; one step, carry first (the ``lax.scan``
         order). ``x`` has shape ``[D]`` or ``[..., D]`` whose leading dims match the carry's.
+      linear: optional :class:`LinearForm`, only for cells whose carry update is linear in the
+        carry (``carry_t = a_t ⊙ carry_{t-1} + b_t``, e.g. LRU, minGRU, minLSTM); it lets
+        ``unroll(..., parallel=True)`` run the sequence with ``jax.lax.associative_scan``. It must
+        compute the same function as ``apply``. ``None`` (the default) for every other cell.
+      prepare: optional ``prepare(params) -> params``, work that depends on params only (e.g. a
+        matrix exponential), done once per sequence by ``unroll`` instead of once per step.
+        ``apply`` (and ``linear``) accept ``params`` or ``prepare(params)`` and give the same
+        results; gradients reach the raw params through ``prepare``. ``None`` by default.
+
+    A wrapper that builds a new cell from an old one's ``apply`` (``Cell(init, initial_carry,
+    apply)``) drops ``linear`` and ``prepare``, which is always correct (only slower).
     """
 
     init: InitFn
     initial_carry: InitialCarryFn
     apply: ApplyFn
+    linear: LinearForm | None = None
+    prepare: Callable[[Params], Params] | None = None
 
 
 class LSTMState(NamedTuple):

@@ -2,6 +2,12 @@
 
 from rnnjax.cells.elman import elman, irnn, jordan
 from rnnjax.cells.gru import gru, mgu
+from rnnjax.cells.indrnn import indrnn, indrnn_constrain, indrnn_max_abs
+from rnnjax.cells.lru import lru, lru_eigenvalues
 from rnnjax.cells.lstm import lstm
+from rnnjax.cells.minimal import mingru, minlstm
+from rnnjax.cells.orthogonal import orthogonal, orthogonality_error
 
-__all__ = ["elman", "irnn", "jordan", "lstm", "gru", "mgu"]
+__all__ = ["elman", "irnn", "jordan", "lstm", "gru", "mgu", "indrnn", "indrnn_constrain",
+           "indrnn_max_abs", "lru", "lru_eigenvalues", "mingru", "minlstm", "orthogonal",
+           "orthogonality_error"]
