@@ -15,7 +15,7 @@ import numpy as np
 from rnnjax import initializers as inits
 from rnnjax.cells._common import check_input, check_size, rows, split_keys
 from rnnjax.types import Array, Carry, Cell, Initializer, Params, PRNGKey
-from rnnjax.unroll import unroll
+from rnnjax.unroll import _sequential, unroll
 
 
 class Layer(NamedTuple):
@@ -40,6 +40,10 @@ def stack(*cells: Cell) -> Cell:
 
     ``carry = (carry_1, ..., carry_L)``; output ``y_t`` of the last layer.
     Params: a tuple ``(params_1, ..., params_L)``.
+
+    Over a whole sequence (``unroll``) the stack runs layer after layer, each over all steps with
+    its own fused path when it has one (the same function: layer ``k+1`` at step ``t`` needs only
+    layer ``k``'s output at ``t``); the layers' ``prepare`` hooks are kept.
     """
     if not cells:
         raise ValueError("stack needs at least one cell")
@@ -70,7 +74,22 @@ def stack(*cells: Cell) -> Cell:
             new.append(h)
         return tuple(new), x
 
-    return Cell(init, initial_carry, apply)
+    def sequence(params, carry, xs, *, mask, reverse, unroll):
+        _check_layers(params, len(cells))
+        if not isinstance(carry, tuple) or len(carry) != len(cells):
+            raise ValueError(f"carry must be a tuple of {len(cells)} layer carries")
+        new = []
+        for c, p, h in zip(cells, params, carry):
+            h, xs = _sequential(c, p, reverse=reverse, unroll=unroll, remat=False)(h, xs, mask)
+            new.append(h)
+        return tuple(new), xs
+
+    prepare = None
+    if any(c.prepare is not None for c in cells):
+        def prepare(params):
+            return tuple(p if c.prepare is None else c.prepare(p) for c, p in zip(cells, params))
+
+    return Cell(init, initial_carry, apply, prepare=prepare, sequence=sequence)
 
 
 def _check_layers(params, n):

@@ -7,8 +7,9 @@ A cell is a :class:`Cell`, a ``NamedTuple`` of three pure functions, in the styl
     carry = cell.initial_carry(params, batch_shape)  # zeros for a batch shape, e.g. (B,) or ()
     carry, y = cell.apply(params, carry, x)          # one time step; x is [D] or [..., D]
 
-and two optional hooks that ``unroll`` uses when present: ``cell.linear`` (a :class:`LinearForm`
-for the associative-scan path) and ``cell.prepare`` (per-sequence work on params).
+and three optional hooks that ``unroll`` uses when present: ``cell.linear`` (a :class:`LinearForm`
+for the associative-scan path), ``cell.prepare`` (per-sequence work on params) and
+``cell.sequence`` (a fused whole-sequence path, e.g. the LSTM's and GRU's).
 
 Nothing is hidden in objects: ``jax.grad``, ``jax.jit``, ``jax.vmap``, ``jax.checkpoint`` and
 sharding compose with every piece.
@@ -96,8 +97,15 @@ class Cell(NamedTuple):
         ``apply`` (and ``linear``) accept ``params`` or ``prepare(params)`` and give the same
         results; gradients reach the raw params through ``prepare``. ``None`` by default.
 
+      sequence: optional fused sequence path
+        ``sequence(params, carry, xs, *, mask, reverse, unroll) -> (carry, ys)`` over time-major
+        ``xs [T, ..., D]`` with ``mask [T, ...]`` (bool, ``False`` = padded step: carry kept,
+        output zero) or ``None``. It must compute exactly what a ``lax.scan`` over ``apply`` does
+        (values and gradients), only faster; ``unroll`` uses it unless ``remat=True``.
+
     A wrapper that builds a new cell from an old one's ``apply`` (``Cell(init, initial_carry,
-    apply)``) drops ``linear`` and ``prepare``, which is always correct (only slower).
+    apply)``) drops ``linear``, ``prepare`` and ``sequence``, which is always correct (only
+    slower).
     """
 
     init: InitFn
@@ -105,6 +113,7 @@ class Cell(NamedTuple):
     apply: ApplyFn
     linear: LinearForm | None = None
     prepare: Callable[[Params], Params] | None = None
+    sequence: Callable[..., tuple[Carry, Array]] | None = None
 
 
 class LSTMState(NamedTuple):

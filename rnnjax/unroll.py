@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -163,6 +164,48 @@ def _parallel_unroll(cell: Cell, params: Params, xs: Array, carry: Array, revers
     return carries[-1], ys
 
 
+def _sequential(cell: Cell, params: Params, *, reverse: bool, unroll: int | bool, remat: bool):
+    """``run(carry, xs, mask) -> (carry, ys)``: the cell's fused path, or a ``lax.scan`` of ``apply``."""
+    if cell.sequence is not None and not remat:
+        return lambda c, xs, mask: cell.sequence(params, c, xs, mask=mask, reverse=reverse, unroll=unroll)
+
+    def step(c, inp):
+        x, m = inp
+        new_c, y = cell.apply(params, c, x)
+        if m is None:
+            return new_c, y
+        return _select(m, new_c, c), jnp.where(_bcast(m, y), y, jnp.zeros_like(y))
+
+    if remat:
+        step = jax.checkpoint(step)
+    return lambda c, xs, mask: jax.lax.scan(step, c, (xs, mask), reverse=reverse, unroll=unroll)
+
+
+def _check_chunk(remat_chunk: Any, T: int) -> int:
+    if remat_chunk == "sqrt":
+        return max(1, math.ceil(math.sqrt(T)))
+    if isinstance(remat_chunk, bool) or not isinstance(remat_chunk, (int, np.integer)) or remat_chunk < 1:
+        raise ValueError(f"remat_chunk must be a positive int or 'sqrt', got {remat_chunk!r}")
+    return int(remat_chunk)
+
+
+def _chunked(run, carry, xs, mask, k: int, reverse: bool, batch_shape: tuple[int, ...]):
+    """Run ``run`` over chunks of ``k`` steps, each chunk rematerialised in the backward pass."""
+    T = xs.shape[0]
+    n = -(-T // k)
+    pad = n * k - T
+    if pad:
+        if mask is None:
+            mask = jnp.ones((T,) + batch_shape, bool)
+        xs = jnp.concatenate([xs, jnp.zeros((pad,) + xs.shape[1:], xs.dtype)])
+        mask = jnp.concatenate([mask, jnp.zeros((pad,) + mask.shape[1:], bool)])
+    chunks = (xs.reshape((n, k) + xs.shape[1:]),
+              None if mask is None else mask.reshape((n, k) + mask.shape[1:]))
+    body = jax.checkpoint(lambda c, inp: run(c, *inp))
+    carry, ys = jax.lax.scan(body, carry, chunks, reverse=reverse)
+    return carry, ys.reshape((n * k,) + ys.shape[2:])[:T]
+
+
 def unroll(
     cell: Cell,
     params: Params,
@@ -174,6 +217,7 @@ def unroll(
     lengths: Array | None = None,
     unroll: int | bool = 1,
     remat: bool = False,
+    remat_chunk: int | str | None = None,
     parallel: bool | None = None,
 ) -> tuple[Carry, Array]:
     """Run ``cell`` over the time axis of ``xs`` with ``jax.lax.scan``.
@@ -197,6 +241,11 @@ def unroll(
         parallel path.
       remat: wrap the step in ``jax.checkpoint`` (recompute activations in the backward pass);
         on the parallel path, the whole scan.
+      remat_chunk: checkpoint chunks of steps for long sequences: the scan runs over chunks of
+        ``remat_chunk`` steps, each wrapped in ``jax.checkpoint``, so the backward pass keeps only
+        the carries at chunk boundaries plus one chunk's activations (``"sqrt"``: chunks of
+        ``ceil(sqrt(T))`` steps, memory ``O(sqrt(T))`` for one extra forward pass). ``T`` need not
+        be a multiple: the last chunk is padded with masked steps. Sequential path only.
       parallel: ``True`` runs the associative-scan path (``jax.lax.associative_scan``, depth
         ``O(log T)``) of a cell with a linear form (``cell.linear``: LRU, minGRU, minLSTM), with the
         same ``reverse`` and ``lengths`` semantics and the same values and gradients as the
@@ -245,19 +294,14 @@ def unroll(
             ys = jnp.moveaxis(ys, 0, -2)
         return carry, ys
 
-    def step(c, inp):
-        if lengths is None:
-            return cell.apply(params, c, inp)
-        t, x = inp
-        new_c, y = cell.apply(params, c, x)
-        valid = t < lengths
-        y = jnp.where(valid.reshape(valid.shape + (1,) * (y.ndim - valid.ndim)), y, jnp.zeros_like(y))
-        return _select(valid, new_c, c), y
-
-    if remat:
-        step = jax.checkpoint(step)
-    scan_xs = xs if lengths is None else (jnp.arange(T), xs)
-    carry, ys = jax.lax.scan(step, carry, scan_xs, reverse=reverse, unroll=unroll)
+    mask = None
+    if lengths is not None:
+        mask = jnp.arange(T).reshape((T,) + (1,) * len(batch_shape)) < lengths[None]
+    run = _sequential(cell, params, reverse=reverse, unroll=unroll, remat=remat)
+    if remat_chunk is None or T == 0:
+        carry, ys = run(carry, xs, mask)
+    else:
+        carry, ys = _chunked(run, carry, xs, mask, _check_chunk(remat_chunk, T), reverse, batch_shape)
     if not time_major:
         ys = jnp.moveaxis(ys, 0, -2)
     return carry, ys

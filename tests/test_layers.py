@@ -127,3 +127,19 @@ def test_output_size():
     assert layers.output_size(rnnjax.jordan(5, 3), rnnjax.jordan(5, 3).init(jax.random.key(0), 2), 2) == 3
     deep = layers.stack(rnnjax.lstm(4), rnnjax.gru(7))
     assert layers.output_size(deep, deep.init(jax.random.key(0), 2), 2) == 7
+
+
+def test_stack_sequence_path_equals_step_by_step():
+    deep = layers.stack(rnnjax.lstm(5), rnnjax.orthogonal(4), rnnjax.gru(3))
+    params = deep.init(jax.random.key(0), 2)
+    xs = jax.random.normal(jax.random.key(1), (7, 3, 2))
+    lengths = jnp.array([7, 2, 5])
+    stepwise = rnnjax.Cell(deep.init, deep.initial_carry, deep.apply)  # no sequence/prepare hooks
+    for rev in (False, True):
+        c1, y1 = rnnjax.unroll(deep, params, xs, lengths=lengths, reverse=rev)
+        c2, y2 = rnnjax.unroll(stepwise, params, xs, lengths=lengths, reverse=rev)
+        tree_allclose(c1, c2, atol=1e-5)
+        np.testing.assert_allclose(y1, y2, atol=1e-5)
+    g1 = jax.grad(lambda p: jnp.sum(rnnjax.unroll(deep, p, xs, lengths=lengths)[1] ** 2))(params)
+    g2 = jax.grad(lambda p: jnp.sum(rnnjax.unroll(stepwise, p, xs, lengths=lengths)[1] ** 2))(params)
+    tree_allclose(g1, g2, atol=1e-5)

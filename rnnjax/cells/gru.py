@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax import initializers as inits
+from rnnjax.cells import fused
 from rnnjax.cells._common import check_batch_shape, check_carry_batch, check_input, check_size, rows, split_keys
 from rnnjax.types import Array, Cell, Initializer
 
@@ -83,7 +84,9 @@ def gru(
         h = h + z * (n - h)
         return h, h
 
-    return Cell(init, initial_carry, apply)
+    # the fused path (cells/fused.py) knows the tanh candidate's derivative; other activations scan
+    sequence = fused.gru_sequence(reset == "after") if candidate_activation is jnp.tanh else None
+    return Cell(init, initial_carry, apply, sequence=sequence)
 
 
 def mgu(

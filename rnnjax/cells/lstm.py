@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax import initializers as inits
+from rnnjax.cells import fused
 from rnnjax.cells._common import check_batch_shape, check_carry_batch, check_input, check_size, rows, split_keys
 from rnnjax.types import Cell, Initializer, LSTMState
 
@@ -87,4 +88,4 @@ def lstm(
         h = jax.nn.sigmoid(zo) * jnp.tanh(c)
         return LSTMState(h, c), h
 
-    return Cell(init, initial_carry, apply)
+    return Cell(init, initial_carry, apply, sequence=None if peephole else fused.lstm_sequence)
