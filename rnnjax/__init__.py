@@ -5,7 +5,7 @@ Cells are pure functions over parameter pytrees (:class:`Cell`), run over sequen
 :func:`fit`), and diagnosed with :func:`gradient_flow`.
 """
 
-from rnnjax import initializers, interop, layers, losses, tasks
+from rnnjax import checkpoint, initializers, interop, layers, losses, tasks
 from rnnjax.cells import (
     elman,
     gru,

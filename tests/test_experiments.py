@@ -1,0 +1,189 @@
+"""The experiment scripts: resume after SIGKILL is bitwise exact, the non-finite guard stops a run
+without saving, and every script runs end to end in a tiny configuration."""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXP = ROOT / "experiments"
+RUN = ["--no-progress", "--log-every", "1"]
+ADDING = [*RUN, "--seq-len", "8", "--hidden", "6", "--batch", "4", "--eval-batch", "8",
+          "--cell", "elman", "--eval-every", "100"]
+
+
+def _script(name):
+    """Import experiments/<name>.py as a module (its main(argv) runs the script in-process)."""
+    spec = importlib.util.spec_from_file_location(f"_exp_{name}", EXP / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _cmd(script, workdir, *args):
+    return [sys.executable, str(EXP / f"{script}.py"), "--workdir", str(workdir), *args]
+
+
+def _env():
+    env = dict(os.environ)
+    env.setdefault("XLA_FLAGS", "")
+    env["PYTHONWARNINGS"] = "default"
+    return env
+
+
+def _results(workdir):
+    return json.loads((Path(workdir) / "results.json").read_text())
+
+
+def _check_outputs(workdir, steps):
+    workdir = Path(workdir)
+    res = _results(workdir)
+    assert res["steps"] == steps and len(res["params_sha256"]) == 64
+    assert res["num_params"] > 0 and res["wall_time_s"] > 0 and "config" in res
+    lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in lines if r["kind"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, steps + 1))
+    assert any(r["kind"] == "eval" for r in lines)
+    png = (workdir / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+    return res
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
+    args = [*ADDING, "--steps", "30", "--ckpt-every", "2", "--chunk", "2"]
+    full = subprocess.Popen(_cmd("adding", tmp_path / "full", *args), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen(_cmd("adding", killed_dir, *args), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ck = killed_dir / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:  # wait for the first checkpoint
+        if ck.exists() and any(p.name.isdigit() for p in ck.iterdir()):
+            break
+        time.sleep(0.02)
+    time.sleep(0.3)  # somewhere in the middle of the run (possibly inside a save)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed_dir / "results.json").exists()
+    out = subprocess.run(_cmd("adding", killed_dir, *args), env=_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "resuming from the checkpoint of step" in out.stdout
+    assert full.wait(timeout=300) == 0
+    resumed, uninterrupted = _check_outputs(killed_dir, 30), _check_outputs(tmp_path / "full", 30)
+    assert resumed["resumed_from_step"] >= 2
+    assert resumed["params_sha256"] == uninterrupted["params_sha256"]
+    assert resumed["final"]["eval_mse"] == uninterrupted["final"]["eval_mse"]
+    # running the finished command once more changes nothing
+    again = subprocess.run(_cmd("adding", killed_dir, *args), env=_env(), capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0 and _results(killed_dir)["params_sha256"] == uninterrupted["params_sha256"]
+
+
+def test_resume_from_checkpoints_in_process_is_bitwise_identical(tmp_path, capsys):
+    """Fast version of the SIGKILL test: drop or damage the newest checkpoints, rerun, compare."""
+    import shutil
+
+    adding = _script("adding")
+    wd = tmp_path / "a"
+    args = ["--workdir", str(wd), *ADDING, "--steps", "6", "--ckpt-every", "2", "--chunk", "2",
+            "--max-to-keep", "5"]
+    full = adding.main(args)
+    ck = wd / "checkpoints"
+    assert sorted(int(p.name) for p in ck.iterdir()) == [2, 4, 6]
+    # as if killed after the save of step 2
+    shutil.rmtree(ck / "4"), shutil.rmtree(ck / "6"), (wd / "results.json").unlink()
+    again = adding.main(args)
+    assert "resuming from the checkpoint of step 2" in capsys.readouterr().out
+    assert again["resumed_from_step"] == 2 and again["params_sha256"] == full["params_sha256"]
+    # a damaged newest checkpoint: warned about by name, the one before is used
+    for root, _, files in os.walk(ck / "6" / "state"):
+        for f in files:
+            Path(root, f).write_bytes(b"garbage")
+    with pytest.warns(RuntimeWarning, match=r"checkpoints[/\\]6 \(step 6\)"):
+        third = adding.main(args)
+    assert third["resumed_from_step"] == 4 and third["params_sha256"] == full["params_sha256"]
+    # a workdir made with another config is refused
+    with pytest.raises(SystemExit, match="different config"):
+        adding.main([*args[:-4], "--steps", "8"])
+
+
+def test_nonfinite_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    from rnnjax.checkpoint import Checkpointer
+
+    adding = _script("adding")
+    common = [*ADDING, "--steps", "12", "--ckpt-every", "2", "--chunk", "2", "--max-to-keep", "10"]
+    with pytest.raises(SystemExit) as e:
+        adding.main(["--workdir", str(tmp_path / "nan"), *common, "--nan-at-step", "5",
+                     "--max-nonfinite", "3"])
+    assert e.value.code == 3
+    err = capsys.readouterr().err
+    assert "stopped at step 8" in err and "steps 6..8 were skipped" in err
+    assert "last good checkpoint (step 4" in err
+    assert not (tmp_path / "nan" / "results.json").exists()
+    ck = Checkpointer(tmp_path / "nan" / "checkpoints")
+    assert ck.steps() == [2, 4]  # nothing saved once the bad steps began
+    # the checkpoint of step 4 holds exactly the state of a clean run at step 4
+    adding.main(["--workdir", str(tmp_path / "clean"), *common])
+    clean = Checkpointer(tmp_path / "clean" / "checkpoints")
+    sha = lambda c: json.loads((c.path(4) / "meta" / "metadata").read_text())["sha256"]  # noqa: E731
+    assert sha(ck) == sha(clean)
+
+
+TINY = {
+    "copy": ["--delay", "4", "--hidden", "6", "--batch", "4", "--eval-batch", "8"],
+    "seq_digits": ["--permuted", "--hidden", "6", "--batch", "8"],
+    "mnist1d": ["--hidden", "4", "--batch", "16", "--warmup", "1"],
+    "forecast": ["--series", "sines", "--hidden", "6", "--window", "12", "--horizon", "4"],
+    "charlm": ["--modules", "textwrap", "--hidden", "8", "--seq-len", "16", "--batch", "4",
+               "--eval-streams", "64", "--sample-len", "20"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_script_end_to_end_tiny(name, tmp_path, capsys):
+    mod = _script(name)
+    res = mod.main(["--workdir", str(tmp_path / name), *RUN, "--steps", "4", "--ckpt-every", "2",
+                    "--eval-every", "2", "--chunk", "2", *TINY[name]])
+    _check_outputs(tmp_path / name, 4)
+    assert sorted(int(p.name) for p in (tmp_path / name / "checkpoints").iterdir()) == [2, 4]
+    final = res["final"]
+    if name in ("mnist1d", "seq_digits"):
+        assert 0.0 <= final["eval_accuracy"] <= 1.0
+        assert "parameters" in capsys.readouterr().out
+    if name == "forecast":
+        for k in ("model_mae", "model_rmse", "naive_mae", "naive_rmse"):
+            assert final[k] > 0
+        assert len(final["model_mae_per_horizon"]) == 4
+    if name == "charlm":
+        assert 0 < final["eval_bits_per_char"] < 8
+        assert all(s.startswith("def ") and len(s) == 24 for s in final["samples"])
+    if name == "copy":
+        assert 0 <= final["eval_recall_accuracy"] <= 1
+
+
+def test_forecast_sunspots_data():
+    pytest.importorskip("statsmodels")
+    series, origin = _script("forecast").sunspots()
+    assert origin.endswith("sunspots.csv") and series.shape == (309,)
+    assert series[0] == 5.0 and series[-1] == 2.9  # 1700 and 2008
+
+
+@pytest.mark.parametrize("name", ["adding", "copy", "seq_digits", "mnist1d", "forecast", "charlm"])
+def test_help_prints_defaults(name):
+    out = subprocess.run([sys.executable, str(EXP / f"{name}.py"), "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for flag in ("--workdir", "--seed", "--steps", "--ckpt-every", "--max-nonfinite"):
+        assert flag in out.stdout
+    assert "(default:" in out.stdout
