@@ -155,9 +155,9 @@ def flow_at_init(spec: Spec, T: int, H: int, B: int, seed: int) -> dict:
 
     flow = jax.jit(lambda p, x: rnnjax.gradient_flow(cell, p, x, loss_fn))(params, xs)
     norms = np.asarray(flow.norms, dtype=np.float64)
-    return {"name": spec.name, "cell": spec.cell, "init": spec.init, "T": T, "norms": norms.tolist(),
-            "rate": decay_rate(norms),
-            "ratio": float(norms[0] / norms[-1]) if norms[-1] > 0 else float("nan")}
+    ratio = norms[0] / norms[-1] if norms[-1] > 0 else float("nan")
+    return {"name": spec.name, "cell": spec.cell, "init": spec.init, "T": T,
+            "norms": [_finite(v) for v in norms], "rate": _finite(decay_rate(norms)), "ratio": _finite(ratio)}
 
 
 # ------------------------------------------------------------------------------ part 2: training
@@ -168,8 +168,8 @@ class TrainConfig:
     T: int
     steps: int
     H: int
-    batch: int = 64
-    lr: float = 1e-3
+    batch: int = 32
+    lr: float = 1e-2
     clip: float = 1.0
     chunk: int = 50
     test_size: int = 500
@@ -244,7 +244,7 @@ def train_run(spec_name: str, cfg: TrainConfig) -> dict:
     for _ in range(max(1, cfg.steps // cfg.chunk)):
         state, (losses, gnorms, nonfinite) = chunk(state)
         bad += int(nonfinite.sum())
-        curve.append([int(state.step), float(np.mean(losses)), float(np.median(gnorms))])
+        curve.append([int(state.step), _finite(np.mean(losses)), _finite(np.median(gnorms))])
     final = float(test_loss(state.params))
     seconds = time.perf_counter() - t0
 
@@ -252,14 +252,24 @@ def train_run(spec_name: str, cfg: TrainConfig) -> dict:
     xs_f, ys_f = test[0][:, :64], test[1][..., :64] if cfg.task == "copy" else test[1][:64]
     flow = rnnjax.gradient_flow(cell, state.params["cell"], xs_f,
                                 lambda outs: loss_on(readout.apply(state.params["readout"], outs), ys_f))
+    diverged = not math.isfinite(final)
     return {
         "task": cfg.task, "cell": spec.cell, "name": spec.name, "init": spec.init, "T": cfg.T,
         "metric": "test_mse" if cfg.task == "adding" else "test_cross_entropy",
-        "value": final, "baseline": baseline, "relative": final / baseline,
-        "solved": bool(final < 0.1 * baseline), "steps": int(state.step), "nonfinite_steps": bad,
+        "value": None if diverged else final, "baseline": baseline,
+        "relative": None if diverged else final / baseline, "diverged": diverged,
+        "solved": bool(not diverged and final < 0.1 * baseline), "steps": int(state.step),
+        "nonfinite_steps": bad,
         "hidden_size": cfg.H, "batch": cfg.batch, "lr": cfg.lr, "clip_norm": cfg.clip,
-        "seconds": seconds, "curve": curve, "trained_flow": np.asarray(flow.norms).tolist(),
+        "seconds": seconds, "curve": curve,
+        "trained_flow": [_finite(v) for v in np.asarray(flow.norms, dtype=np.float64)],
     }
+
+
+def _finite(v) -> float | None:
+    """A float for JSON, or None where it is NaN/inf (strict JSON has neither)."""
+    v = float(v)
+    return v if math.isfinite(v) else None
 
 
 # ------------------------------------------------------------------------------------- reporting
@@ -319,10 +329,8 @@ def write_outputs(out: str, flows: list[dict], runs: list[dict], meta: dict) -> 
     for r in runs:
         records.append({k: v for k, v in r.items() if k not in ("curve", "trained_flow")})
     with open(os.path.join(out, "results.json"), "w") as fh:
-        json.dump({"meta": meta, "records": records,
-                   "curves": [{"task": r["task"], "name": r["name"], "T": r["T"], "curve": r["curve"]} for r in runs],
-                   "flows": [{"name": f["name"], "T": f["T"], "norms": f["norms"]} for f in flows]},
-                  fh, indent=1)
+        json.dump({"meta": meta, "records": records, "runs": runs, "flows": flows}, fh, indent=1,
+                  allow_nan=False)
 
     md = [f"# Gradient-vanishing study\n\nCommand: `{meta['command']}`  \nMachine: {meta['machine']}; "
           f"jax {meta['jax']} on {meta['backend']}; wall time {meta['seconds']:.0f} s.\n"]
@@ -333,10 +341,10 @@ def write_outputs(out: str, flows: list[dict], runs: list[dict], meta: dict) -> 
                   "`ratio` = `||dL/dcarry_0|| / ||dL/dcarry_T-1||`.\n\n"
                   "| cell | init | rate per step | ratio first/last |\n|---|---|---|---|")
         for f in flows:
-            md.append(f"| {f['name']} | {f['init']} | {f['rate']:.4f} | {f['ratio']:.3g} |")
+            md.append(f"| {f['name']} | {f['init']} | {_fmt(f['rate'], '.4f')} | {_fmt(f['ratio'], '.3g')} |")
         fig, ax = plt.subplots(figsize=(9, 6))
         for f in flows:
-            n = np.asarray(f["norms"])
+            n = np.asarray(f["norms"], dtype=float)
             ax.semilogy(np.arange(len(n))[::-1], np.maximum(n, 1e-38), label=f["name"], lw=1)
         ax.set_xlabel("T - 1 - t (steps back from the loss)")
         ax.set_ylabel("||dL / d carry_t||")
@@ -360,13 +368,18 @@ def write_outputs(out: str, flows: list[dict], runs: list[dict], meta: dict) -> 
                 cells = []
                 for T in Ts:
                     r = next((r for r in rs if r["name"] == name and r["T"] == T), None)
-                    cells.append("" if r is None else f"{r['relative']:.3f}{' ✓' if r['solved'] else ''}")
+                    if r is None:
+                        cells.append("")
+                    elif r["diverged"]:
+                        cells.append("diverged")
+                    else:
+                        cells.append(f"{r['relative']:.3f}{' ✓' if r['solved'] else ''}")
                 md.append(f"| {name} | " + " | ".join(cells) + " |")
             fig, axes = plt.subplots(1, len(Ts), figsize=(4 * len(Ts), 3.6), squeeze=False)
             for ax, T in zip(axes[0], Ts):
                 for r in rs:
                     if r["T"] == T:
-                        c = np.asarray(r["curve"])
+                        c = np.asarray(r["curve"], dtype=float)
                         ax.semilogy(c[:, 0], c[:, 1] / r["baseline"], label=r["name"], lw=1)
                 ax.axhline(0.1, color="k", ls=":", lw=0.8)
                 ax.set_title(f"{task}, T={T}")
@@ -382,7 +395,7 @@ def write_outputs(out: str, flows: list[dict], runs: list[dict], meta: dict) -> 
             fig, ax = plt.subplots(figsize=(8, 5))
             for r in runs:
                 if r["task"] == "adding" and r["T"] == Tmax:
-                    n = np.asarray(r["trained_flow"])
+                    n = np.asarray(r["trained_flow"], dtype=float)
                     ax.semilogy(np.arange(len(n))[::-1], np.maximum(n, 1e-38),
                                 label=f"{r['name']} ({'solved' if r['solved'] else 'failed'})", lw=1)
             ax.set_xlabel("T - 1 - t")
@@ -405,12 +418,15 @@ def write_outputs(out: str, flows: list[dict], runs: list[dict], meta: dict) -> 
 # ----------------------------------------------------------------------------------------- main
 
 GRIDS = {
-    # name: (flow T, flow specs, flow H, train specs, adding Ts, copy Ts, steps, H)
+    # flow_T, flow_specs, flow_H: part 1; train_specs, adding, copy, steps, H: part 2
     "quick": dict(flow_T=300, flow_specs=[s.name for s in SPECS], flow_H=32,
-                  train_specs=["elman-orth", "lstm-fb1"], adding=[50], copy=[], steps=300, H=32),
+                  train_specs=["elman-orth", "lstm-fb1", "lstm-chrono"], adding=[50, 100], copy=[],
+                  steps=400, H=32),
     "full": dict(flow_T=1000, flow_specs=[s.name for s in SPECS], flow_H=64,
                  train_specs=[s.name for s in SPECS if s.train],
-                 adding=[50, 100, 200, 500, 1000], copy=[50, 100, 200, 500], steps=1500, H=64),
+                 adding=[50, 100, 200, 500, 1000], copy=[50, 100, 200], steps=1000, H=64,
+                 # the copy task at T=500 only for the long-memory cells and the chrono LSTM
+                 copy_long=([500], ["lstm-chrono", "indrnn", "lru", "mingru", "minlstm", "exprnn"])),
 }
 
 
@@ -432,8 +448,16 @@ def main(argv=None) -> int:
     p.add_argument("--hidden", type=int, default=None, help="hidden size (default: the grid's)")
     p.add_argument("--cells", default=None, help="comma-separated cell names to train (default: the grid's)")
     p.add_argument("--seed", type=int, default=0, help="seed of every run")
+    p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate of every run (clip norm 1)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (1: run in this process)")
+    p.add_argument("--replot", action="store_true",
+                   help="only rewrite results.md and the plots from --out/results.json")
     args = p.parse_args(argv)
+    if args.replot:
+        with open(os.path.join(args.out, "results.json")) as fh:
+            data = json.load(fh)
+        print(write_outputs(args.out, data["flows"], data["runs"], data["meta"]))
+        return 0
     grid = dict(GRIDS["full" if args.full else "quick"])
     steps = args.steps or grid["steps"]
     H = args.hidden or grid["H"]
@@ -445,10 +469,13 @@ def main(argv=None) -> int:
         p.error("--steps and --hidden must be positive")
 
     jobs = [("flow", (SPEC_BY_NAME[n], grid["flow_T"], grid["flow_H"], 16, args.seed)) for n in grid["flow_specs"]]
-    for task, Ts in (("adding", grid["adding"]), ("copy", grid["copy"])):
-        for T in Ts:
-            for n in train_specs:
-                jobs.append(("train", (n, TrainConfig(task=task, T=T, steps=steps, H=H, seed=args.seed))))
+    runs_wanted = [(task, T, n) for task, Ts in (("adding", grid["adding"]), ("copy", grid["copy"]))
+                   for T in Ts for n in train_specs]
+    if "copy_long" in grid:
+        Ts, names = grid["copy_long"]
+        runs_wanted += [("copy", T, n) for T in Ts for n in names if n in train_specs]
+    for task, T, n in runs_wanted:
+        jobs.append(("train", (n, TrainConfig(task=task, T=T, steps=steps, H=H, seed=args.seed, lr=args.lr))))
 
     import jax
 
@@ -480,6 +507,10 @@ def main(argv=None) -> int:
     return 0
 
 
+def _fmt(v, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
 def _cost(job) -> float:
     kind, args = job
     if kind == "flow":
@@ -491,10 +522,10 @@ def _cost(job) -> float:
 def _progress(kind, res, t0):
     el = time.perf_counter() - t0
     if kind == "flow":
-        print(f"[{el:6.0f}s] flow {res['name']:<18} rate/step {res['rate']:.4f}", flush=True)
+        print(f"[{el:6.0f}s] flow {res['name']:<18} rate/step {_fmt(res['rate'], '.4f')}", flush=True)
     else:
         print(f"[{el:6.0f}s] {res['task']:<6} T={res['T']:<5} {res['name']:<14} "
-              f"loss/baseline {res['relative']:.3f} {'solved' if res['solved'] else ''} "
+              f"loss/baseline {_fmt(res['relative'], '.3f')} {'solved' if res['solved'] else ''} "
               f"({res['seconds']:.0f}s)", flush=True)
 
 

@@ -58,3 +58,14 @@ def test_train_and_report(tmp_path):
     assert (tmp_path / "curves_adding.png").exists() and (tmp_path / "curves_copy.png").exists()
     # IndRNN's projection keeps |u| within the paper's bound for the horizon
     assert all(r["nonfinite_steps"] == 0 for r in runs)
+
+
+def test_a_diverged_run_is_reported_in_strict_json(tmp_path):
+    r = vanishing.train_run("jordan", vanishing.TrainConfig(task="adding", T=300, steps=20, H=8, batch=8,
+                                                            chunk=10, test_size=16, lr=1.0))
+    assert r["diverged"] and r["value"] is None and not r["solved"]
+    meta = {"command": "test", "machine": "test", "jax": "x", "backend": "cpu", "H": 8, "seconds": 0.0}
+    vanishing.write_outputs(str(tmp_path), [], [r], meta)
+    json.loads((tmp_path / "results.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert vanishing.main(["--replot", "--out", str(tmp_path)]) == 0
+    assert "| jordan | diverged |" in (tmp_path / "results.md").read_text()
