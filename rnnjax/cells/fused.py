@@ -93,7 +93,11 @@ def _lstm_fwd(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask):
 def _lstm_bwd(reverse, unroll, res, g):
     w_x, w_h, h0, c0, xs, mask, hs, cs, ts = res
     dhT, dcT, dys = g
+    H = h0.shape[-1]
     c_prev = _prev(cs, c0, reverse)
+    # σ(z) = (1 + t)/2 with t = tanh(z/2), so σ'(z) = (1 - t²)/4; tanh'(z) = 1 - t²
+    dscale = _lstm_scale(H, w_h.dtype) ** 2
+    w_hT = w_h.T
 
     def step(carry, inp):
         dh, dc = carry
@@ -103,14 +107,10 @@ def _lstm_bwd(reverse, unroll, res, g):
         i, f, o = 0.5 + 0.5 * ti, 0.5 + 0.5 * tf, 0.5 + 0.5 * to
         tc = jnp.tanh(c)
         dct = dc + dh_in * o * (1.0 - tc * tc)
-        dz = jnp.concatenate([
-            dct * tg * 0.5 * (1.0 - ti) * i,       # d/dz_i: σ' = σ(1-σ) = (1-t)/2 * σ
-            dct * cp * 0.5 * (1.0 - tf) * f,
-            dct * i * (1.0 - tg * tg),
-            dh_in * tc * 0.5 * (1.0 - to) * o,
-        ], axis=-1)
+        upstream = jnp.concatenate([dct * tg, dct * cp, dct * i, dh_in * tc], axis=-1)
+        dz = upstream * (1.0 - t * t) * dscale[None, :]
         dz = _where(m, dz, jnp.zeros_like(dz))
-        dh_prev = _where(m, dz @ w_h.T, dh)
+        dh_prev = _where(m, dz @ w_hT, dh)
         dc_prev = _where(m, dct * f, dc)
         return (dh_prev, dc_prev), dz
 
