@@ -373,7 +373,9 @@ def write_outputs(out: str, flows: list[dict], runs: list[dict], meta: dict) -> 
                     elif r["diverged"]:
                         cells.append("diverged")
                     else:
-                        cells.append(f"{r['relative']:.3f}{' ✓' if r['solved'] else ''}")
+                        rel = r["relative"]
+                        cells.append(f"{rel:.3f}" if rel < 100 else f"{rel:.2g}")
+                        cells[-1] += " ✓" if r["solved"] else ""
                 md.append(f"| {name} | " + " | ".join(cells) + " |")
             fig, axes = plt.subplots(1, len(Ts), figsize=(4 * len(Ts), 3.6), squeeze=False)
             for ax, T in zip(axes[0], Ts):
@@ -405,10 +407,15 @@ def write_outputs(out: str, flows: list[dict], runs: list[dict], meta: dict) -> 
             fig.tight_layout()
             fig.savefig(os.path.join(out, "gradient_flow_trained.png"), dpi=110)
             plt.close(fig)
-            md.append(f"\nThe runs that failed: see `gradient_flow_trained.png` (adding, T={Tmax}): "
-                      "a failed cell's gradient at the first marker is many orders of magnitude below "
-                      "its gradient at the last step, so the first value never receives a learning signal.")
+            md.append(f"\n`gradient_flow_trained.png`: `||dL/dcarry_t||` of every trained network on the "
+                      f"adding problem at T={Tmax} (test inputs): it separates the failures whose "
+                      "gradient vanishes from those whose gradient reaches the first marker but that "
+                      "still did not learn.")
         md.append("\n" + literature_comparison(runs, runs[0]["steps"]))
+    notes = os.path.join(out, "notes.md")
+    if os.path.exists(notes):  # the analysis written after reading the figures (kept by --replot)
+        with open(notes) as fh:
+            md.append("\n" + fh.read())
     text = "\n".join(md) + "\n"
     with open(os.path.join(out, "results.md"), "w") as fh:
         fh.write(text)

@@ -57,7 +57,7 @@ def _lstm_scale(H: int, dtype) -> jax.Array:
     return jnp.concatenate([half, half, jnp.ones((H,), dtype), half])  # gates (i, f, g, o)
 
 
-def _lstm_forward(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask):
+def _lstm_forward(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask, save=True):
     H = h0.shape[-1]
     s = _lstm_scale(H, w_h.dtype)
     gx = _flat_matmul(xs, w_x * s[None, :])
@@ -72,9 +72,14 @@ def _lstm_forward(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask):
         c_new = (0.5 + 0.5 * tf) * c + (0.5 + 0.5 * ti) * tg
         h_new = (0.5 + 0.5 * to) * jnp.tanh(c_new)
         h_new, c_new = _where(m, h_new, h), _where(m, c_new, c)
+        if not save:  # inference: emit the outputs only
+            return (h_new, c_new), _where(m, h_new, jnp.zeros_like(h_new))
         return (h_new, c_new), (h_new, c_new, t)
 
-    (hT, cT), (hs, cs, ts) = jax.lax.scan(step, (h0, c0), (gx, mask), reverse=reverse, unroll=unroll)
+    (hT, cT), out = jax.lax.scan(step, (h0, c0), (gx, mask), reverse=reverse, unroll=unroll)
+    if not save:
+        return (hT, cT, out), None
+    hs, cs, ts = out
     ys = _where(mask, hs, jnp.zeros_like(hs))
     return (hT, cT, ys), (hs, cs, ts)
 
@@ -82,7 +87,7 @@ def _lstm_forward(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask):
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def lstm_scan(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask):
     """Fused LSTM over ``xs [T, B, D]``: returns ``(h_T, c_T, ys [T, B, H])``."""
-    return _lstm_forward(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask)[0]
+    return _lstm_forward(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask, save=False)[0]
 
 
 def _lstm_fwd(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask):
@@ -127,7 +132,7 @@ lstm_scan.defvjp(_lstm_fwd, _lstm_bwd)
 
 # ------------------------------------------------------------------------------------------ GRU
 
-def _gru_forward(reverse, reset_after, unroll, w_x, w_h, b, b_hn, h0, xs, mask):
+def _gru_forward(reverse, reset_after, unroll, w_x, w_h, b, b_hn, h0, xs, mask, save=True):
     H = h0.shape[-1]
     s = jnp.concatenate([jnp.full((2 * H,), 0.5, w_h.dtype), jnp.ones((H,), w_h.dtype)])  # (r, z, n)
     gx = _flat_matmul(xs, w_x * s[None, :])
@@ -152,9 +157,14 @@ def _gru_forward(reverse, reset_after, unroll, w_x, w_h, b, b_hn, h0, xs, mask):
             aux = n  # placeholder of the same shape; not needed by the backward pass
         z = 0.5 + 0.5 * t[:, H:]
         h_new = _where(m, h + z * (n - h), h)
+        if not save:  # inference: emit the outputs only
+            return h_new, _where(m, h_new, jnp.zeros_like(h_new))
         return h_new, (h_new, t, n, aux)
 
-    hT, (hs, ts, ns, auxs) = jax.lax.scan(step, h0, (gx, mask), reverse=reverse, unroll=unroll)
+    hT, out = jax.lax.scan(step, h0, (gx, mask), reverse=reverse, unroll=unroll)
+    if not save:
+        return (hT, out), None
+    hs, ts, ns, auxs = out
     ys = _where(mask, hs, jnp.zeros_like(hs))
     return (hT, ys), (hs, ts, ns, auxs)
 
@@ -165,7 +175,7 @@ def gru_scan(reverse, reset_after, unroll, w_x, w_h, b, b_hn, h0, xs, mask):
 
     ``b_hn [H]`` is used only when ``reset_after`` (pass zeros otherwise).
     """
-    return _gru_forward(reverse, reset_after, unroll, w_x, w_h, b, b_hn, h0, xs, mask)[0]
+    return _gru_forward(reverse, reset_after, unroll, w_x, w_h, b, b_hn, h0, xs, mask, save=False)[0]
 
 
 def _gru_fwd(reverse, reset_after, unroll, w_x, w_h, b, b_hn, h0, xs, mask):
