@@ -43,11 +43,36 @@ EXIT_NONFINITE = 3
 # ----------------------------------------------------------------------------- flags
 
 
+def training_args(p: argparse.ArgumentParser, *, eval_batch: int) -> argparse._ArgumentGroup:
+    """The task-and-model flags shared by the synthetic-task scripts (adding, copy)."""
+    g = p.add_argument_group("task and model")
+    g.add_argument("--cell", choices=CELLS, default="lstm", help="recurrent cell")
+    g.add_argument("--hidden", type=int, default=64, help="hidden size H")
+    g.add_argument("--batch", type=int, default=64, help="sequences per training step")
+    g.add_argument("--optimizer", choices=("adam", "adamw", "sgd", "momentum", "rmsprop"), default="adam",
+                   help="the direction after global-norm clipping")
+    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    g.add_argument("--clip-norm", type=float, default=1.0, help="global gradient-norm clip")
+    g.add_argument("--schedule", choices=("constant", "cosine", "linear"), default="cosine",
+                   help="learning-rate schedule over --steps")
+    g.add_argument("--eval-batch", type=int, default=eval_batch, help="size of the fixed evaluation set")
+    return g
+
+
+class _Parser(argparse.ArgumentParser):
+    """Prints every flag's default in ``--help``, also for flags given without a help text."""
+
+    def format_help(self):
+        for action in self._actions:
+            if action.help is None and action.default is not argparse.SUPPRESS:
+                action.help = "(default: %(default)s)"
+        return super().format_help()
+
+
 def parser(description: str, *, name: str, steps: int, ckpt_every: int, eval_every: int,
            chunk: int = 50, log_every: int = 10) -> argparse.ArgumentParser:
     """An ``ArgumentParser`` with the flags every script shares (defaults printed by ``--help``)."""
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("run")
     g.add_argument("--workdir", default=f"runs/{name}",
                    help="checkpoints, metrics.jsonl, loss.png, results.json; the same command "

@@ -29,16 +29,8 @@ def main(argv=None):
     t0 = time.time()  # wall time of the whole run: data, model, compile, training
     p = _common.parser(__doc__.split("\n\n")[0], name="copy", steps=3000, ckpt_every=250,
                        eval_every=250)
-    g = p.add_argument_group("task and model")
+    g = _common.training_args(p, eval_batch=500)
     g.add_argument("--delay", type=int, default=50, help="T, the number of steps to remember")
-    g.add_argument("--cell", choices=_common.CELLS, default="lstm")
-    g.add_argument("--hidden", type=int, default=64)
-    g.add_argument("--batch", type=int, default=64)
-    g.add_argument("--optimizer", choices=("adam", "adamw", "sgd", "momentum", "rmsprop"), default="adam")
-    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    g.add_argument("--clip-norm", type=float, default=1.0, help="global gradient-norm clip")
-    g.add_argument("--schedule", choices=("constant", "cosine", "linear"), default="cosine")
-    g.add_argument("--eval-batch", type=int, default=500, help="size of the fixed evaluation set")
     args = p.parse_args(argv)
 
     T = args.delay
