@@ -59,6 +59,34 @@ def training_args(p: argparse.ArgumentParser, *, eval_batch: int) -> argparse._A
     return g
 
 
+def classification(logits: Callable, data: Any, data_key: jax.Array, batch: int):
+    """``(loss_fn, batch_fn, eval_fn)`` for sequence classification of time-major ``data``.
+
+    ``data = (x_train [T, N, D], y_train [N], x_test, y_test)``; ``logits(params, xs) -> [B, C]``.
+    Mini-batches are a pure function of ``(data_key, step)`` (``rnnjax.tasks.batch_indices``).
+    """
+    x_train, y_train, x_test, y_test = data
+    N = x_train.shape[1]
+
+    def loss_fn(p, batch_, key):
+        del key
+        xs, ys = batch_
+        out = logits(p, xs)
+        return rnnjax.losses.categorical_cross_entropy(out, ys), {
+            "accuracy": rnnjax.losses.accuracy(out, ys)}
+
+    def batch_fn(step):
+        idx = rnnjax.tasks.batch_indices(data_key, step, N, batch)
+        return x_train[:, idx], y_train[idx]
+
+    def eval_fn(p):
+        out = logits(p, x_test)
+        return {"loss": rnnjax.losses.categorical_cross_entropy(out, y_test),
+                "accuracy": rnnjax.losses.accuracy(out, y_test)}
+
+    return loss_fn, batch_fn, eval_fn
+
+
 class _Parser(argparse.ArgumentParser):
     """Prints every flag's default in ``--help``, also for flags given without a help text."""
 

@@ -97,24 +97,7 @@ def main(argv=None):
           f"pool={args.pool}: {n} parameters; train {data.x_train.shape[1]}, test "
           f"{data.x_test.shape[1]} sequences of {data.x_train.shape[0]} steps", flush=True)
 
-    x_train, y_train, x_test, y_test = data
-    N = x_train.shape[1]
-
-    def loss_fn(p, batch, key):
-        del key
-        xs, ys = batch
-        out = logits(p, xs)
-        return rnnjax.losses.categorical_cross_entropy(out, ys), {
-            "accuracy": rnnjax.losses.accuracy(out, ys)}
-
-    def batch_fn(step):
-        idx = rnnjax.tasks.batch_indices(k["data"], step, N, args.batch)
-        return x_train[:, idx], y_train[idx]
-
-    def eval_fn(p):
-        out = logits(p, x_test)
-        return {"loss": rnnjax.losses.categorical_cross_entropy(out, y_test),
-                "accuracy": rnnjax.losses.accuracy(out, y_test)}
+    loss_fn, batch_fn, eval_fn = _common.classification(logits, data, k["data"], args.batch)
 
     tx = rnnjax.optimizer("adamw", args.lr, clip_norm=args.clip_norm, weight_decay=args.weight_decay,
                           schedule="cosine", warmup_steps=args.warmup,

@@ -43,8 +43,7 @@ def main(argv=None):
 
     data = rnnjax.tasks.sequential_digits(permuted=args.permuted,
                                           permutation_seed=args.permutation_seed)
-    x_train, y_train, x_test, y_test = data
-    T, N = x_train.shape[0], x_train.shape[1]
+    T, N = data.x_train.shape[0], data.x_train.shape[1]
     cell = _common.make_cell(args.cell, args.hidden, seq_len=T)
     readout = rnnjax.dense(10)
     k = _common.keys(args.seed)
@@ -56,28 +55,14 @@ def main(argv=None):
         _, hs = rnnjax.unroll(cell, p["cell"], xs)
         return readout.apply(p["readout"], hs[-1])
 
-    def loss_fn(p, batch, key):
-        del key
-        xs, ys = batch
-        out = logits(p, xs)
-        return rnnjax.losses.categorical_cross_entropy(out, ys), {
-            "accuracy": rnnjax.losses.accuracy(out, ys)}
-
-    def batch_fn(step):
-        idx = rnnjax.tasks.batch_indices(k["data"], step, N, args.batch)
-        return x_train[:, idx], y_train[idx]
-
-    def eval_fn(p):
-        out = logits(p, x_test)
-        return {"loss": rnnjax.losses.categorical_cross_entropy(out, y_test),
-                "accuracy": rnnjax.losses.accuracy(out, y_test)}
+    loss_fn, batch_fn, eval_fn = _common.classification(logits, data, k["data"], args.batch)
 
     tx = rnnjax.optimizer(args.optimizer, args.lr, clip_norm=args.clip_norm, schedule=args.schedule,
                           decay_steps=None if args.schedule == "constant" else args.steps)
     state = rnnjax.TrainState.create(params, tx, key=k["train"])
     kind = "permuted" if args.permuted else "sequential"
     print(f"[seq_digits] {kind} digits, {args.cell} H={args.hidden}: "
-          f"{_common.num_params(params)} parameters; {N} train, {x_test.shape[1]} test", flush=True)
+          f"{_common.num_params(params)} parameters; {N} train, {data.x_test.shape[1]} test", flush=True)
     return _common.train(args, t0=t0, name="seq_digits", state=state,
                          step_fn=rnnjax.train_step(loss_fn, tx, has_aux=True), batch_fn=batch_fn,
                          eval_fn=eval_fn, info={"chance_accuracy": rnnjax.tasks.CHANCE_ACCURACY})
