@@ -161,6 +161,9 @@ def test_script_end_to_end_tiny(name, tmp_path, capsys):
     if name in ("mnist1d", "seq_digits"):
         assert 0.0 <= final["eval_accuracy"] <= 1.0
         assert "parameters" in capsys.readouterr().out
+    if name == "mnist1d":  # the evaluation set is the 1000 test sequences
+        saved = json.loads((tmp_path / name / "results.json").read_text())["final"]
+        assert saved["test_accuracy"] == pytest.approx(final["eval_accuracy"], abs=1e-6)
     if name == "forecast":
         for k in ("model_mae", "model_rmse", "naive_mae", "naive_rmse"):
             assert final[k] > 0
