@@ -60,6 +60,10 @@ core *before it first runs anything* so the shards run in parallel::
     jax.config.update("jax_num_cpu_devices", os.cpu_count())   # or rnnjax.sweep.cpu_devices()
     # or: XLA_FLAGS=--xla_force_host_platform_device_count=N, set before jax is imported
 
+Known issue: with jax 0.10.2 on a 2-core CPU given two CPU devices (``jax_num_cpu_devices=2``),
+the sharded program of ``benchmarks/sweep.py`` was seen to hang with both cores idle (the test with
+4 forced host devices passes); until that is understood, run CPU sweeps on one device.
+
 Several hosts: call ``jax.distributed.initialize()`` (coordinator address, process count and id,
 or the cluster's environment) on every host before anything else, then run the same script with
 the same configurations on every host. ``jax.devices()`` lists the devices of all hosts, the mesh
