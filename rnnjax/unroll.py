@@ -277,11 +277,13 @@ def unroll(
         raise ValueError(f"parallel=True needs a cell whose recurrence is linear in the carry "
                          f"(cell.linear), but the {_cell_name(cell)!r} cell has none; such cells "
                          f"are lru, mingru, minlstm. Use parallel=False or None.")
-    if parallel is None:
-        parallel = _auto_parallel(cell, T)
+    if parallel and remat_chunk is not None:
+        raise ValueError("remat_chunk applies to the sequential path only; parallel=True has no "
+                         "chunks (use remat=True to checkpoint the whole associative scan)")
+    if parallel is None:  # asking for chunked remat asks for the sequential path
+        parallel = remat_chunk is None and _auto_parallel(cell, T)
     if cell.prepare is not None:
         params = cell.prepare(params)
-
     if parallel and T > 0:
         if not isinstance(carry, (jax.Array, np.ndarray)):
             raise TypeError(f"the parallel path needs a single-array carry, got "

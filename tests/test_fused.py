@@ -95,6 +95,13 @@ def test_remat_chunk_changes_nothing(name, cell, chunk):
         rnnjax.unroll(cell, params, xs, remat_chunk=0)
 
 
+def test_remat_chunk_with_parallel_is_an_error():
+    cell = rnnjax.mingru(4)
+    params = cell.init(jax.random.key(0), 2)
+    with pytest.raises(ValueError, match="sequential path only"):
+        rnnjax.unroll(cell, params, jnp.zeros((5, 2)), parallel=True, remat_chunk=2)
+
+
 def test_fused_errors_name_the_argument():
     cell = rnnjax.lstm(4)
     params = cell.init(jax.random.key(0), 3)
