@@ -110,13 +110,17 @@ def main(argv=None):
         jax.block_until_ready(res.groups[0].state)
         return res
 
-    def timed(fn):
+    cpu = {}
+
+    def timed(fn, name):
         fn()  # compile (and warm up)
-        ts = []
+        ts, cs = [], []
         for _ in range(args.repeats):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             ts.append(time.perf_counter() - t0)
+            cs.append(time.process_time() - c0)
+        cpu[name] = statistics.median(cs)  # CPU seconds of all threads: cores kept busy = cpu/wall
         return statistics.median(ts), ts
 
     devices = jax.devices()
@@ -125,9 +129,11 @@ def main(argv=None):
           f"({devices[0].device_kind})", flush=True)
     print(f"# peers compared in this run: a Python loop of jitted rnnjax.train_step per configuration",
           flush=True)
-    sweep_s, sweep_all = timed(lambda: run_sweep(devices))
-    one_s, one_all = (sweep_s, sweep_all) if len(devices) == 1 else timed(lambda: run_sweep(devices[:1]))
-    loop_s, loop_all = timed(run_loop)
+    sweep_s, sweep_all = timed(lambda: run_sweep(devices), "sweep")
+    one_s, one_all = (sweep_s, sweep_all) if len(devices) == 1 else \
+        timed(lambda: run_sweep(devices[:1]), "sweep_one_device")
+    cpu.setdefault("sweep_one_device", cpu["sweep"])
+    loop_s, loop_all = timed(run_loop, "loop")
     res = run_sweep(devices)
     loop_final = np.array([float(m["loss"]) for _, m in run_loop()])
     agree = float(np.max(np.abs(res.metrics["loss"][:, -1] - loop_final)))
@@ -139,6 +145,9 @@ def main(argv=None):
         "speedup_vs_loop": loop_s / sweep_s, "speedup_one_device_vs_loop": loop_s / one_s,
         "sweep_times": sweep_all, "loop_times": loop_all, "sweep_one_device_times": one_all,
         "max_abs_final_loss_difference_sweep_vs_loop": agree,
+        "cpu_seconds": cpu,
+        "cores_busy": {"loop": cpu["loop"] / loop_s, "sweep": cpu["sweep"] / sweep_s,
+                       "sweep_one_device": cpu["sweep_one_device"] / one_s},
         "machine": {
             "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
@@ -151,10 +160,11 @@ def main(argv=None):
     with open(args.json, "w") as f:
         json.dump(out, f, indent=2)
     print(f"\n{N} configurations x {S} steps, LSTM H={H}, T={T}, B={B} (median of {args.repeats})\n")
-    print("| method | seconds | speedup vs loop |\n|---|---|---|")
-    print(f"| Python loop of jitted steps (1 device) | {loop_s:.3f} | 1.00 |")
-    print(f"| run_sweep, 1 device | {one_s:.3f} | {loop_s / one_s:.2f} |")
-    print(f"| run_sweep, {len(devices)} devices | {sweep_s:.3f} | {loop_s / sweep_s:.2f} |")
+    busy = out["cores_busy"]
+    print("| method | seconds | speedup vs loop | cores busy (CPU s / wall s) |\n|---|---|---|---|")
+    print(f"| Python loop of jitted steps (1 device) | {loop_s:.3f} | 1.00 | {busy['loop']:.2f} |")
+    print(f"| run_sweep, 1 device | {one_s:.3f} | {loop_s / one_s:.2f} | {busy['sweep_one_device']:.2f} |")
+    print(f"| run_sweep, {len(devices)} devices | {sweep_s:.3f} | {loop_s / sweep_s:.2f} | {busy['sweep']:.2f} |")
     print(f"\nfinal losses, sweep vs loop: max abs difference {agree:.2e}; JSON: {args.json}")
     return out
 

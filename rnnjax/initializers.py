@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_batching import custom_vmap
 
 from rnnjax.types import Array, Initializer, PRNGKey
 
@@ -95,6 +96,30 @@ def lecun_normal(key: PRNGKey, shape: tuple[int, ...], dtype: Any = jnp.float32)
     return jax.random.normal(key, shape, dtype) * math.sqrt(1.0 / fan_in)
 
 
+@custom_vmap
+def _qr(a: Array) -> tuple[Array, Array]:
+    """``jnp.linalg.qr(a)``, computed one matrix at a time when batched by ``vmap``.
+
+    On CPU a batched LAPACK QR splits its batch over XLA's intra-op thread pool and blocks a
+    pool thread until the pieces finish. When two such QRs run at once (the independent
+    initialisers of a vmapped ``init``) on a pool of two threads (a 2-core machine), both threads
+    wait for work that no thread is left to run: the program hangs with the CPU idle (seen with
+    jax 0.10.2, e.g. ``jax.jit(jax.vmap(cell.init))`` over 16 keys). Under ``vmap`` this QR runs
+    the matrices one after another (``lax.map``), which never enters that path; the init is
+    cheap, so nothing measurable is lost.
+    """
+    q, r = jnp.linalg.qr(a)
+    return q, r
+
+
+@_qr.def_vmap
+def _qr_vmap(axis_size: int, in_batched: list[bool], a: Array):
+    del axis_size
+    if not in_batched[0]:
+        return _qr(a), (False, False)
+    return jax.lax.map(_qr, a), (True, True)
+
+
 def orthogonal(scale: float = 1.0) -> Initializer:
     """A (semi-)orthogonal matrix times ``scale`` (Saxe et al. 2014), via QR with sign fix."""
     _check_positive("scale", scale)
@@ -105,7 +130,7 @@ def orthogonal(scale: float = 1.0) -> Initializer:
         n_rows, n_cols = shape
         big, small = max(n_rows, n_cols), min(n_rows, n_cols)
         a = jax.random.normal(key, (big, small), jnp.float32)
-        q, r = jnp.linalg.qr(a)
+        q, r = _qr(a)
         q = q * jnp.sign(jnp.diagonal(r))[None, :]  # uniform (Haar) distribution
         if n_rows < n_cols:
             q = q.T

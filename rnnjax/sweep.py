@@ -60,10 +60,6 @@ core *before it first runs anything* so the shards run in parallel::
     jax.config.update("jax_num_cpu_devices", os.cpu_count())   # or rnnjax.sweep.cpu_devices()
     # or: XLA_FLAGS=--xla_force_host_platform_device_count=N, set before jax is imported
 
-Known issue: with jax 0.10.2 on a 2-core CPU given two CPU devices (``jax_num_cpu_devices=2``),
-the sharded program of ``benchmarks/sweep.py`` was seen to hang with both cores idle (the test with
-4 forced host devices passes); until that is understood, run CPU sweeps on one device.
-
 Several hosts: call ``jax.distributed.initialize()`` (coordinator address, process count and id,
 or the cluster's environment) on every host before anything else, then run the same script with
 the same configurations on every host. ``jax.devices()`` lists the devices of all hosts, the mesh
@@ -84,7 +80,18 @@ splits the 16x larger element-wise ops over threads inside the time loop, paying
 op. Measured on a 2-core CPU (LSTM H=64, T=100, B=32, Adam; single-threaded CPU time of 16
 configurations x 10 steps): a loop of jitted steps 1.54 s, ``vmap_size=1`` 1.54 s, 2: 1.74 s,
 4: 1.89 s, 16: 1.99 s. The CPU speedup of a sweep therefore comes from running configurations
-on all cores (one CPU device per core, sharded as above) at the loop's per-configuration cost.
+on all cores (one CPU device per core, sharded as above) at the loop's per-configuration cost,
+plus the per-step dispatch the loop pays. A loop of jitted steps already keeps about 1.3 of 2
+cores busy (XLA's intra-op threads and asynchronous dispatch), so on a 2-core CPU the sweep's
+gain is bounded by about 2/1.3 times what the dispatch saves; ``benchmarks/sweep.py`` reports the
+cores each method keeps busy next to its time.
+
+A hang that is not the sweep's: with jax 0.10.2 on CPU, a batched (vmapped) LAPACK QR splits its
+batch over XLA's intra-op thread pool and blocks a pool thread until the pieces are done; two such
+QRs at once on a 2-thread pool (a vmapped ``init`` with several orthogonal initialisers, on 2
+cores) wait for each other forever with the CPU idle. :func:`rnnjax.initializers.orthogonal`
+therefore computes its QR one matrix at a time under ``vmap``; a user ``init_fn`` that calls
+``jnp.linalg.qr`` (or another batched decomposition) itself can still hang on such a machine.
 """
 
 from __future__ import annotations
@@ -476,18 +483,7 @@ def _program(static: dict, init_fn, step_fn, batch_fn, mesh: Mesh | None, vmap_s
 
     spec = PartitionSpec(AXIS)
     sharded = NamedSharding(mesh, spec)
-    if jax.process_count() == 1:
-        # Build the states on one device, then shard them: a sharded init program that runs a
-        # LAPACK QR (the orthogonal initialiser) on several CPU devices at once was seen to hang
-        # (jax 0.10.2, 2 cores, jax_num_cpu_devices=2); the init is cheap.
-        first = mesh.devices.flat[0]
-        init_one = jax.jit(init_all)
-
-        def init(nums):
-            local = jax.device_put(jax.tree.map(np.asarray, _to_host(nums)), first)
-            return jax.device_put(init_one(local), sharded)
-    else:
-        init = jax.jit(init_all, out_shardings=sharded)
+    init = jax.jit(init_all, out_shardings=sharded)
 
     def run_sharded(states, nums, start, n):
         f = jax.shard_map(lambda s, u, t: local(s, u, t, n), mesh=mesh,

@@ -16,6 +16,42 @@ def test_orthogonal(shape):
     np.testing.assert_allclose(gram, 4.0 * np.eye(small), atol=1e-4)
 
 
+_VMAPPED_INIT = """
+import jax, numpy as np, rnnjax
+cell = rnnjax.lstm(64)
+keys = jax.random.split(jax.random.key(0), 16)
+batched = jax.jit(jax.vmap(lambda k: cell.init(k, 2)))
+for _ in range(10):
+    out = jax.block_until_ready(batched(keys))
+one = cell.init(keys[5], 2)
+for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(one)):
+    np.testing.assert_allclose(np.asarray(a)[5], np.asarray(b), rtol=1e-5, atol=1e-6)
+print("ok")
+"""
+
+
+def test_orthogonal_under_vmap_does_not_hang():
+    """Several batched LAPACK QRs at once used to deadlock XLA's CPU thread pool on 2 cores.
+
+    Regression test (in a subprocess, so a hang fails the test instead of the suite): the
+    vmapped init of an LSTM (4 orthogonal recurrent blocks) over 16 keys finishes and equals the
+    unbatched init.
+    """
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    try:
+        proc = subprocess.run([sys.executable, "-c", _VMAPPED_INIT], capture_output=True,
+                              text=True, timeout=180, env=env, cwd=root)
+    except subprocess.TimeoutExpired:
+        pytest.fail("jax.jit(jax.vmap(cell.init)) did not finish in 180 s (thread-pool deadlock)")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("ok")
+
+
 def test_identity_and_constant():
     np.testing.assert_array_equal(inits.identity(0.5)(KEY, (3, 3)), 0.5 * np.eye(3))
     np.testing.assert_array_equal(inits.constant(1.5)(KEY, (4,)), np.full(4, 1.5))
