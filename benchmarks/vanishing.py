@@ -16,6 +16,12 @@ baseline, solved``), ``results.md`` (tables), ``gradient_flow.png``, ``curves_<t
 
     python benchmarks/vanishing.py --quick --out out/demo       # make demo, < 3 min on 2 cores
     python benchmarks/vanishing.py --full --out benchmarks/results/vanishing --jobs 2
+    # add or redo some rows of a committed study (their training runs only):
+    python benchmarks/vanishing.py --full --extend --cells lru-long,exprnn-paper \
+        --out benchmarks/results/vanishing --jobs 2
+
+Rows with a ``recipe`` (``lru-long``, ``exprnn-paper``) train with their papers' settings instead
+of the common ones, only on the runs the grid's ``extra`` list names (the copy task at T=500).
 """
 
 from __future__ import annotations
@@ -44,6 +50,10 @@ class Spec:
     cell: str  # cell type
     init: str  # initialisation label
     train: bool = False  # trained in part 2 (one row per cell type)
+    # A training recipe that differs from the study's common one (Adam, --lr, clip 1, the grid's H,
+    # batch 32): TrainConfig fields (H, batch, lr, optimizer, lr_factors). Such rows are run only
+    # where the grid's "extra" list names them, and results.md lists their settings.
+    recipe: dict = field(default_factory=dict)
 
 
 SPECS = [
@@ -67,6 +77,14 @@ SPECS = [
     Spec("mingru", "mingru", "glorot uniform", train=True),
     Spec("minlstm", "minlstm", "glorot uniform", train=True),
     Spec("exprnn", "orthogonal", "expm(A - A^T), Henaff", train=True),
+    # Long-horizon recipes, from the papers, for the copy task at T=500:
+    # LRU with its eigenvalue radii pushed towards 1, as Orvieto et al. 2023 do for long-range
+    # tasks (r_min 0.99: a mode keeps 0.99^500 = 0.7% of a symbol after 500 steps at the least);
+    Spec("lru-long", "lru", "ring r in [0.99, 0.9999]", recipe=dict(lr=3e-3)),
+    # expRNN as Lezcano-Casado & Martinez-Rubio 2019 train it on the copy task: RMSprop, the
+    # skew-symmetric parameter at 1/10 of the learning rate, a larger hidden state.
+    Spec("exprnn-paper", "orthogonal", "expm(A - A^T), Henaff",
+         recipe=dict(optimizer="rmsprop", lr=1e-3, lr_factors={"a": 0.1}, H=128, batch=64)),
 ]
 SPEC_BY_NAME = {s.name: s for s in SPECS}
 
@@ -105,6 +123,10 @@ def make_cell(spec: Spec, H: int, T: int):
         "mingru": lambda: layers.stack(rnnjax.mingru(H), rnnjax.mingru(H)),
         "minlstm": lambda: layers.stack(rnnjax.minlstm(H), rnnjax.minlstm(H)),
         "exprnn": lambda: rnnjax.orthogonal(H),
+        "lru-long": lambda: layers.stack(
+            layers.map_output(rnnjax.lru(H, H, r_min=0.99, r_max=0.9999), jax.nn.gelu),
+            rnnjax.lru(H, H, r_min=0.99, r_max=0.9999)),
+        "exprnn-paper": lambda: rnnjax.orthogonal(H),
     }
     return table[spec.name]()
 
@@ -171,6 +193,8 @@ class TrainConfig:
     batch: int = 32
     lr: float = 1e-2
     clip: float = 1.0
+    optimizer: str = "adam"
+    lr_factors: dict = field(default_factory=dict)  # cell param name -> learning-rate factor
     chunk: int = 50
     test_size: int = 500
     seed: int = 0
@@ -197,10 +221,28 @@ def task_fns(task: str, T: int):
     raise ValueError(f"task must be 'adding' or 'copy', got {task!r}")
 
 
+def scale_cell_leaves(factors: dict):
+    """Multiply the updates of the cell params named in ``factors`` (e.g. ``{"a": 0.1}``).
+
+    After an Adam/RMSprop step this is a per-parameter learning rate: the direction is computed
+    per element, so scaling the update by ``f`` is the same as training that leaf at ``f * lr``.
+    """
+    import jax
+    import optax
+
+    def scale(updates, params=None):
+        del params
+        return {**updates, "cell": {k: (jax.tree.map(lambda u: u * factors[k], v) if k in factors else v)
+                                    for k, v in updates["cell"].items()}}
+
+    return optax.stateless(scale)
+
+
 def train_run(spec_name: str, cfg: TrainConfig) -> dict:
     """Train one cell on one task; returns the record, the loss curve and the trained flow."""
     import jax
     import jax.numpy as jnp
+    import optax
 
     import rnnjax
 
@@ -221,7 +263,9 @@ def train_run(spec_name: str, cfg: TrainConfig) -> dict:
         xs, ys = batch
         return loss_on(forward(p, xs), ys)
 
-    tx = rnnjax.optimizer("adam", cfg.lr, clip_norm=cfg.clip)
+    tx = rnnjax.optimizer(cfg.optimizer, cfg.lr, clip_norm=cfg.clip)
+    if cfg.lr_factors:
+        tx = optax.chain(tx, scale_cell_leaves(cfg.lr_factors))
     step = rnnjax.train_step(loss_fn, tx)
     project = post_update(spec, cfg.T)
 
@@ -261,6 +305,7 @@ def train_run(spec_name: str, cfg: TrainConfig) -> dict:
         "solved": bool(not diverged and final < 0.1 * baseline), "steps": int(state.step),
         "nonfinite_steps": bad,
         "hidden_size": cfg.H, "batch": cfg.batch, "lr": cfg.lr, "clip_norm": cfg.clip,
+        "optimizer": cfg.optimizer, "lr_factors": dict(cfg.lr_factors),
         "seconds": seconds, "curve": curve,
         "trained_flow": [_finite(v) for v in np.asarray(flow.norms, dtype=np.float64)],
     }
@@ -301,6 +346,8 @@ def literature_comparison(records: list[dict], budget: int) -> str:
         ("irnn", "adding", "IRNN reaches long horizons on adding (Le et al. 2015)"),
         ("indrnn", "adding", "IndRNN solves adding to T=5000 (Li et al. 2018)"),
         ("exprnn", "copy", "orthogonal RNN solves copy (Lezcano-Casado 2019)"),
+        ("exprnn-paper", "copy", "expRNN with its paper's recipe solves copy T=1000-2000 (Lezcano-Casado 2019)"),
+        ("lru-long", "copy", "LRU with r near 1 holds long memories (Orvieto et al. 2023)"),
     ]:
         best, tried = longest(name, task)
         if not tried:
@@ -377,6 +424,16 @@ def write_outputs(out: str, flows: list[dict], runs: list[dict], meta: dict) -> 
                         cells.append(f"{rel:.3f}" if rel < 100 else f"{rel:.2g}")
                         cells[-1] += " ✓" if r["solved"] else ""
                 md.append(f"| {name} | " + " | ".join(cells) + " |")
+            ref = rs[0]
+            own = [r for r in rs if any(r.get(k, d) != ref.get(k, d) for k, d in
+                                        (("optimizer", "adam"), ("lr", None), ("batch", None),
+                                         ("hidden_size", None), ("lr_factors", {})))]
+            if own:
+                md.append("\nRows with their own recipe (Spec.recipe in benchmarks/vanishing.py):")
+            for r in own:
+                factors = "".join(f", lr of {k} x{v:g}" for k, v in (r.get("lr_factors") or {}).items())
+                md.append(f"- {r['name']} at T={r['T']}: {r.get('optimizer', 'adam')} lr {r['lr']:g}"
+                          f"{factors}, batch {r['batch']}, H={r['hidden_size']}, {r['steps']} steps.")
             fig, axes = plt.subplots(1, len(Ts), figsize=(4 * len(Ts), 3.6), squeeze=False)
             for ax, T in zip(axes[0], Ts):
                 for r in rs:
@@ -424,16 +481,21 @@ def write_outputs(out: str, flows: list[dict], runs: list[dict], meta: dict) -> 
 
 # ----------------------------------------------------------------------------------------- main
 
+# part 1 needs one row per cell and init; exprnn-paper differs from exprnn only in its training
+FLOW_SPECS = [s.name for s in SPECS if s.name != "exprnn-paper"]
+
 GRIDS = {
     # flow_T, flow_specs, flow_H: part 1; train_specs, adding, copy, steps, H: part 2
-    "quick": dict(flow_T=300, flow_specs=[s.name for s in SPECS], flow_H=32,
+    "quick": dict(flow_T=300, flow_specs=FLOW_SPECS, flow_H=32,
                   train_specs=["elman-orth", "lstm-fb1", "lstm-chrono"], adding=[50, 100], copy=[],
                   steps=400, H=32),
-    "full": dict(flow_T=1000, flow_specs=[s.name for s in SPECS], flow_H=64,
+    "full": dict(flow_T=1000, flow_specs=FLOW_SPECS, flow_H=64,
                  train_specs=[s.name for s in SPECS if s.train],
                  adding=[50, 100, 200, 500, 1000], copy=[50, 100, 200], steps=1000, H=64,
                  # the copy task at T=500 only for the long-memory cells and the chrono LSTM
-                 copy_long=([500], ["lstm-chrono", "indrnn", "lru", "mingru", "minlstm", "exprnn"])),
+                 copy_long=([500], ["lstm-chrono", "indrnn", "lru", "mingru", "minlstm", "exprnn"]),
+                 # rows with their own training recipe (Spec.recipe): (task, T, name)
+                 extra=[("copy", 500, "lru-long"), ("copy", 500, "exprnn-paper")]),
 }
 
 
@@ -459,7 +521,16 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="worker processes (1: run in this process)")
     p.add_argument("--replot", action="store_true",
                    help="only rewrite results.md and the plots from --out/results.json")
+    p.add_argument("--extend", action="store_true",
+                   help="run only the training runs of --cells (no gradient-flow part) and merge "
+                        "them into --out/results.json (a run with the same task, T and cell is "
+                        "replaced); the command is added to the recorded ones")
     args = p.parse_args(argv)
+    if args.extend and not args.cells:
+        p.error("--extend needs --cells (the rows to add)")
+    path = os.path.join(args.out, "results.json")
+    if args.extend and not os.path.exists(path):
+        p.error(f"--extend: no {path} to extend (run the study into --out first)")
     if args.replot:
         with open(os.path.join(args.out, "results.json")) as fh:
             data = json.load(fh)
@@ -475,14 +546,22 @@ def main(argv=None) -> int:
     if steps <= 0 or H <= 0:
         p.error("--steps and --hidden must be positive")
 
-    jobs = [("flow", (SPEC_BY_NAME[n], grid["flow_T"], grid["flow_H"], 16, args.seed)) for n in grid["flow_specs"]]
+    jobs = [] if args.extend else \
+        [("flow", (SPEC_BY_NAME[n], grid["flow_T"], grid["flow_H"], 16, args.seed)) for n in grid["flow_specs"]]
+    common = [n for n in train_specs if not SPEC_BY_NAME[n].recipe]
     runs_wanted = [(task, T, n) for task, Ts in (("adding", grid["adding"]), ("copy", grid["copy"]))
-                   for T in Ts for n in train_specs]
+                   for T in Ts for n in common]
     if "copy_long" in grid:
         Ts, names = grid["copy_long"]
-        runs_wanted += [("copy", T, n) for T in Ts for n in names if n in train_specs]
+        runs_wanted += [("copy", T, n) for T in Ts for n in names if n in common]
+    runs_wanted += [(task, T, n) for task, T, n in grid.get("extra", [])
+                    if args.cells is None or n in train_specs]
     for task, T, n in runs_wanted:
-        jobs.append(("train", (n, TrainConfig(task=task, T=T, steps=steps, H=H, seed=args.seed, lr=args.lr))))
+        cfg = dict(task=task, T=T, steps=steps, H=H, seed=args.seed, lr=args.lr)
+        cfg.update(SPEC_BY_NAME[n].recipe)
+        jobs.append(("train", (n, TrainConfig(**cfg))))
+    if not jobs:
+        p.error(f"no runs: the grid has none for --cells {args.cells}")
 
     import jax
 
@@ -501,13 +580,22 @@ def main(argv=None) -> int:
             kind, res = _run_job(job)
             (flows if kind == "flow" else runs).append(res)
             _progress(kind, res, t0)
-    order = {s.name: i for i, s in enumerate(SPECS)}
-    flows.sort(key=lambda f: order[f["name"]])
-    runs.sort(key=lambda r: (r["task"], r["T"], order[r["name"]]))
-    meta = {"command": "python benchmarks/vanishing.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    command = "python benchmarks/vanishing.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    meta = {"command": command,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
             "jax": jax.__version__, "backend": jax.default_backend(), "H": grid["flow_H"],
             "seconds": time.perf_counter() - t0}
+    if args.extend:
+        with open(path) as fh:
+            old = json.load(fh)
+        new_keys = {(r["task"], r["T"], r["name"]) for r in runs}
+        runs = [r for r in old["runs"] if (r["task"], r["T"], r["name"]) not in new_keys] + runs
+        flows = old["flows"]
+        meta = {**old["meta"], "command": old["meta"]["command"] + " && " + command,
+                "seconds": old["meta"]["seconds"] + meta["seconds"]}
+    order = {s.name: i for i, s in enumerate(SPECS)}
+    flows.sort(key=lambda f: order[f["name"]])
+    runs.sort(key=lambda r: (r["task"], r["T"], order[r["name"]]))
     text = write_outputs(args.out, flows, runs, meta)
     print(text)
     print(f"wrote {args.out}/results.json, results.md and plots")

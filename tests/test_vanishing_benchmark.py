@@ -69,3 +69,54 @@ def test_a_diverged_run_is_reported_in_strict_json(tmp_path):
     json.loads((tmp_path / "results.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert vanishing.main(["--replot", "--out", str(tmp_path)]) == 0
     assert "| jordan | diverged |" in (tmp_path / "results.md").read_text()
+
+
+def test_lr_factors_scale_one_leaf_of_the_update():
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import rnnjax
+
+    params = {"cell": {"a": jnp.ones((3, 3)), "w_x": jnp.ones((2, 3))}, "readout": {"w": jnp.ones(3)}}
+    grads = jax.tree.map(lambda p: jnp.arange(p.size, dtype=jnp.float32).reshape(p.shape) - 2.0, params)
+    base = rnnjax.optimizer("rmsprop", 1e-3, clip_norm=1.0)
+    tx = optax.chain(base, vanishing.scale_cell_leaves({"a": 0.1}))
+    u_base, _ = base.update(grads, base.init(params), params)
+    u, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(u["cell"]["a"], 0.1 * u_base["cell"]["a"], rtol=1e-6)
+    np.testing.assert_array_equal(u["cell"]["w_x"], u_base["cell"]["w_x"])
+    np.testing.assert_array_equal(u["readout"]["w"], u_base["readout"]["w"])
+
+
+def test_recipe_rows_and_extend(tmp_path, monkeypatch):
+    # a committed study with one run; --extend adds a row with its own recipe and keeps the rest
+    old = vanishing.train_run("lstm-fb1", vanishing.TrainConfig(task="copy", T=3, steps=10, H=4,
+                                                                batch=4, chunk=10, test_size=8))
+    flows = [vanishing.flow_at_init(vanishing.SPEC_BY_NAME["lstm-fb1"], T=6, H=4, B=2, seed=0)]
+    meta = {"command": "first", "machine": "m", "jax": "x", "backend": "cpu", "H": 4, "seconds": 1.0}
+    vanishing.write_outputs(str(tmp_path), flows, [old], meta)
+    grid = dict(vanishing.GRIDS["quick"], adding=[], copy=[], extra=[("copy", 3, "exprnn-paper")])
+    monkeypatch.setitem(vanishing.GRIDS, "quick", grid)
+    monkeypatch.setattr(vanishing.TrainConfig, "__init__", _small_config(vanishing.TrainConfig.__init__))
+    assert vanishing.main(["--extend", "--cells", "exprnn-paper", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    names = [(r["name"], r["T"]) for r in data["runs"]]
+    assert names == [("lstm-fb1", 3), ("exprnn-paper", 3)]
+    new = data["runs"][1]
+    recipe = vanishing.SPEC_BY_NAME["exprnn-paper"].recipe
+    assert new["optimizer"] == "rmsprop" and new["lr"] == recipe["lr"] and new["lr_factors"] == {"a": 0.1}
+    assert data["meta"]["command"].startswith("first && python benchmarks/vanishing.py --extend")
+    assert len(data["flows"]) == 1
+    md = (tmp_path / "results.md").read_text()
+    assert "- exprnn-paper at T=3: rmsprop lr 0.001, lr of a x0.1" in md
+    with pytest.raises(SystemExit):  # nothing to extend
+        vanishing.main(["--extend", "--cells", "exprnn-paper", "--out", str(tmp_path / "none")])
+
+
+def _small_config(init):
+    def small(self, *args, **kwargs):  # the recipe's H=128, batch 64 made tiny for the test
+        init(self, *args, **kwargs)
+        self.H, self.batch, self.steps, self.chunk, self.test_size = 4, 4, 10, 10, 8
+
+    return small
