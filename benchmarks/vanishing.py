@@ -517,7 +517,9 @@ def main(argv=None) -> int:
     p.add_argument("--hidden", type=int, default=None, help="hidden size (default: the grid's)")
     p.add_argument("--cells", default=None, help="comma-separated cell names to train (default: the grid's)")
     p.add_argument("--seed", type=int, default=0, help="seed of every run")
-    p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate of every run (clip norm 1)")
+    p.add_argument("--lr", type=float, default=1e-2,
+                   help="Adam learning rate of every run (clip norm 1); rows with a recipe "
+                        "(lru-long, exprnn-paper) use their own lr, optimizer, H and batch")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (1: run in this process)")
     p.add_argument("--replot", action="store_true",
                    help="only rewrite results.md and the plots from --out/results.json")
