@@ -82,9 +82,10 @@ configurations x 10 steps): a loop of jitted steps 1.54 s, ``vmap_size=1`` 1.54 
 4: 1.89 s, 16: 1.99 s. The CPU speedup of a sweep therefore comes from running configurations
 on all cores (one CPU device per core, sharded as above) at the loop's per-configuration cost,
 plus the per-step dispatch the loop pays. A loop of jitted steps already keeps about 1.3 of 2
-cores busy (XLA's intra-op threads and asynchronous dispatch), so on a 2-core CPU the sweep's
-gain is bounded by about 2/1.3 times what the dispatch saves; ``benchmarks/sweep.py`` reports the
-cores each method keeps busy next to its time.
+cores busy (XLA's intra-op threads and asynchronous dispatch), so on a 2-core CPU the cores add
+at most about 2/1.3 = 1.5x, times what the sweep saves on dispatch (1.73x measured in all,
+``benchmarks/results/sweep/``); ``benchmarks/sweep.py`` reports the cores each method keeps busy
+next to its time.
 
 A hang that is not the sweep's: with jax 0.10.2 on CPU, a batched (vmapped) LAPACK QR splits its
 batch over XLA's intra-op thread pool and blocks a pool thread until the pieces are done; two such
