@@ -534,7 +534,7 @@ def main(argv=None) -> int:
     if args.extend and not os.path.exists(path):
         p.error(f"--extend: no {path} to extend (run the study into --out first)")
     if args.replot:
-        with open(os.path.join(args.out, "results.json")) as fh:
+        with open(path) as fh:
             data = json.load(fh)
         print(write_outputs(args.out, data["flows"], data["runs"], data["meta"]))
         return 0
