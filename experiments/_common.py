@@ -1,29 +1,20 @@
-"""Plumbing shared by the experiment scripts: flags, the work directory, resumable training, logs.
+"""What the experiment scripts share: flags, model building, and the call of the engine.
 
 Every script builds a model, a :class:`rnnjax.TrainState`, a pure ``step_fn`` (from
 :func:`rnnjax.train_step`) and a jit-traceable ``batch_fn(step)`` that is a pure function of the
-seed and the step, then calls :func:`train`. :func:`train`
-
-- resumes from the newest intact checkpoint in ``--workdir`` (``rnnjax.checkpoint``), refusing a
-  work directory made with a different config;
-- runs the steps in jitted chunks (``lax.scan`` over up to ``--chunk`` steps, the batch made
-  inside the scan from the traced step); chunk boundaries are fixed multiples of ``--chunk``,
-  ``--ckpt-every`` and ``--eval-every``, so an interrupted and resumed run executes exactly the
-  same compiled chunks over the same steps as an uninterrupted one, and ends bitwise equal;
-- saves the whole TrainState every ``--ckpt-every`` steps and at the end (never after a skipped,
-  non-finite step), stops after ``--max-nonfinite`` consecutive non-finite steps naming the step;
-- writes ``metrics.jsonl`` (one JSON object a line), ``loss.png`` and ``results.json``.
+seed and the step, then calls :func:`train`, which hands them to :func:`rnnjax.fit` with
+``--workdir``: the library's engine resumes from the newest intact checkpoint (refusing a work
+directory made with a different config), runs compiled chunks of steps, saves the whole
+TrainState every ``--ckpt-every`` steps, stops after ``--max-nonfinite`` consecutive non-finite
+steps naming the step, and writes ``metrics.jsonl``, TensorBoard events, ``loss.png`` and
+``results.json``. There is no training loop here: a script in your own repository looks the same.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,10 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import rnnjax
-from rnnjax.checkpoint import Checkpointer, params_sha256, write_json_atomic
-
-# Flags that may change between a run and its resumption (they do not change the result).
-RESUME_FREE = ("workdir", "no_progress", "max_nonfinite", "max_to_keep")
+from rnnjax.checkpoint import write_json_atomic
 
 EXIT_NONFINITE = 3
 
@@ -175,33 +163,6 @@ def _config(args: argparse.Namespace, name: str) -> dict[str, Any]:
     return {"script": name, **{k: v for k, v in sorted(vars(args).items())}}
 
 
-def _check_config(workdir: Path, config: dict[str, Any]) -> None:
-    path = workdir / "config.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        diff = {k: (old.get(k), config.get(k)) for k in set(old) | set(config)
-                if k not in RESUME_FREE and old.get(k) != config.get(k)}
-        if diff:
-            raise SystemExit(f"{workdir} holds a run with a different config "
-                             f"(flag: (saved, now)) {diff}; use another --workdir to start a new run")
-    write_json_atomic(path, config)
-
-
-def _read_metrics(path: Path, upto: int) -> list[dict]:
-    """The records of ``metrics.jsonl`` up to step ``upto`` (a killed run may have written more)."""
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a kill
-            continue
-        if rec.get("step", 0) <= upto:
-            out.append(rec)
-    return out
-
-
 def _poison(batch: Any, on: jax.Array) -> Any:
     """NaN in every float input leaf when ``on`` (a test hook for the non-finite guard)."""
 
@@ -211,54 +172,6 @@ def _poison(batch: Any, on: jax.Array) -> Any:
         return x
 
     return jax.tree.map(f, batch)
-
-
-def _machine() -> dict[str, Any]:
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
-    return {"platform": platform.platform(), "python": platform.python_version(),
-            "jax": jax.__version__, "backend": jax.default_backend(),
-            "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
-            "loadavg": load}
-
-
-# ----------------------------------------------------------------------------- plotting
-
-
-def plot_metrics(records: list[dict], path: Path, title: str) -> None:
-    """Training loss (and every eval_* metric) against the step, saved as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [r for r in records if r.get("kind") == "train"]
-    evals = [r for r in records if r.get("kind") == "eval"]
-    eval_keys = sorted({k for r in evals for k in r if k.startswith("eval_")})
-    n = 1 + len(eval_keys)
-    fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.6), squeeze=False)
-    ax = axes[0, 0]
-    if train:
-        ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1, label="train loss")
-    for k in eval_keys:
-        if "loss" in k:
-            ax.plot([r["step"] for r in evals], [r[k] for r in evals], "o-", ms=3, label=k)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    if train and all(r["loss"] > 0 for r in train if np.isfinite(r["loss"])):
-        ax.set_yscale("log")
-    ax.legend()
-    ax.set_title(title)
-    for ax, k in zip(axes[0, 1:], eval_keys):
-        ax.plot([r["step"] for r in evals], [r[k] for r in evals], "o-", ms=3)
-        ax.set_xlabel("step")
-        ax.set_title(k)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- training
@@ -275,162 +188,70 @@ def train(
     final_fn: Callable[[Any], dict[str, Any]] | None = None,
     info: dict[str, Any] | None = None,
     t0: float | None = None,
+    baseline: float | None = None,
 ) -> dict[str, Any]:
-    """Train ``state`` to ``args.steps`` with checkpoints and resume; write the run's files.
+    """Train ``state`` to ``args.steps`` with :func:`rnnjax.fit` in ``args.workdir``.
 
     Args:
       args: the parsed flags of :func:`parser` (plus the script's own; all go into the config).
-      name: the script's name (the config records it; the plot's title).
+      name: the script's name (the config records it).
       state: the initial state, also the template that checkpoints are restored onto.
       step_fn: pure ``step_fn(state, batch) -> (state, metrics)`` (from ``rnnjax.train_step``).
       batch_fn: ``batch_fn(step) -> batch``, jit-traceable and a pure function of the seed and of
         ``step`` (a traced int32 scalar).
-      eval_fn: optional ``eval_fn(params) -> dict`` of scalars (jitted here), every
-        ``--eval-every`` steps and at the end; logged as ``eval_<name>``.
+      eval_fn: optional ``eval_fn(params) -> dict`` of scalars, every ``--eval-every`` steps and
+        at the end; logged as ``eval_<name>``.
       final_fn: optional ``final_fn(params) -> dict`` (any JSON values) run once at the end, not
         jitted (e.g. samples of a language model); merged into ``results["final"]``.
       info: extra JSON values for ``results.json`` (e.g. parameter count, data origin).
-      t0: ``time.time()`` when the script's ``main`` started (data and model set-up included in
-        ``wall_time_s``); default: when this function was called.
+      t0: unused (kept for the scripts' signature); the engine sums the wall time of every
+        process that worked on the run.
+      baseline: the no-skill loss, drawn and named in ``loss.png``.
 
     Returns:
       The results dict also written to ``results.json``. Exits with status 3 (after printing a
       message naming the step) when ``--max-nonfinite`` consecutive steps were non-finite.
     """
+    del t0
     check_args(args)
-    t_start = time.time() if t0 is None else t0
-    machine_start = _machine()
+    if args.nan_at_step is not None:
+        clean, nan_at = batch_fn, args.nan_at_step
+
+        def batch_fn(step):
+            return _poison(clean(step), step >= nan_at)
+
     workdir = Path(args.workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
-    config = _config(args, name)
-    _check_config(workdir, config)
-    steps = args.steps
-
-    ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=args.max_to_keep)
-    restored = ckpt.restore_latest(state)
-    resumed_from = None
-    if restored is not None:
-        state = restored
-        resumed_from = int(state.step)
-        print(f"[{name}] resuming from the checkpoint of step {resumed_from} in {ckpt.directory}",
-              flush=True)
-    start = int(state.step)
-    metrics_path = workdir / "metrics.jsonl"
-    records = _read_metrics(metrics_path, start)
-    with open(metrics_path.with_name("metrics.jsonl.tmp"), "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
-    os.replace(metrics_path.with_name("metrics.jsonl.tmp"), metrics_path)
-
-    nan_at = args.nan_at_step
-
-    def body(s, _):
-        batch = batch_fn(s.step)
-        if nan_at is not None:
-            batch = _poison(batch, s.step >= nan_at)
-        return step_fn(s, batch)
-
-    chunk_fns: dict[int, Callable] = {}
-
-    def run_chunk(s, n):
-        if n not in chunk_fns:
-            chunk_fns[n] = jax.jit(lambda s0: jax.lax.scan(body, s0, None, length=n))
-        return chunk_fns[n](s)
-
-    jit_eval = None if eval_fn is None else jax.jit(eval_fn)
-
-    def evaluate(params) -> dict[str, float]:
-        return {f"eval_{k}": float(v) for k, v in jax.device_get(jit_eval(params)).items()}
-
-    def next_boundary(t: int) -> int:
-        cands = [steps, (t // args.chunk + 1) * args.chunk, (t // args.ckpt_every + 1) * args.ckpt_every]
-        if eval_fn is not None:
-            cands.append((t // args.eval_every + 1) * args.eval_every)
-        return min(cands)
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=steps, initial=min(start, steps), disable=args.no_progress, desc=name,
-               dynamic_ncols=True, mininterval=1.0)
-    log = open(metrics_path, "a")
-    streak, t, last_eval = 0, start, {}
     try:
-        while t < steps:
-            nb = next_boundary(t)
-            n = nb - t
-            t_chunk = time.time()
-            state, m = run_chunk(state, n)
-            m = jax.device_get(m)
-            dt = time.time() - t_chunk
-            for i in range(n):
-                done = t + i + 1
-                if int(m["nonfinite"][i]):
-                    streak += 1
-                else:
-                    streak = 0
-                if done % args.log_every == 0 or done == nb or streak:
-                    rec = {"kind": "train", "step": done,
-                           **{k: float(v[i]) for k, v in m.items() if np.ndim(v[i]) == 0},
-                           "sec_per_step": dt / n}
-                    log.write(json.dumps(rec) + "\n")
-                if streak >= args.max_nonfinite:
-                    log.flush()
-                    bar.close()
-                    last_good = done - streak
-                    saved = ckpt.latest_step()
-                    print(f"\n[{name}] stopped at step {done}: {streak} consecutive non-finite "
-                          f"steps (NaN/inf loss, gradients or updates; steps "
-                          f"{last_good + 1}..{done} were skipped, params unchanged since step "
-                          f"{last_good}). Nothing was saved after the last good checkpoint "
-                          f"(step {saved}, {ckpt.path(saved) if saved is not None else 'none'}). "
-                          f"Lower --lr or --clip-norm, or check the data.", file=sys.stderr,
-                          flush=True)
-                    raise SystemExit(EXIT_NONFINITE)
-            t = nb
-            post = {"loss": f"{float(m['loss'][-1]):.4g}"}
-            if jit_eval is not None and (t % args.eval_every == 0 or t == steps):
-                last_eval = evaluate(state.params)
-                log.write(json.dumps({"kind": "eval", "step": t, **last_eval}) + "\n")
-                post.update({k[5:]: f"{v:.4g}" for k, v in last_eval.items()})
-            log.flush()
-            if (t % args.ckpt_every == 0 or t == steps) and streak == 0:
-                ckpt.save(state)
-            bar.set_postfix(post, refresh=False)
-            bar.update(n)
-    finally:
-        bar.close()
-        log.close()
-
-    params = state.params
-    if jit_eval is not None and not last_eval:  # resumed at the end: evaluate the restored params
-        last_eval = evaluate(params)
-    final = dict(last_eval)
+        state, _ = rnnjax.fit(
+            state, step_fn, batch_fn, steps=args.steps, workdir=workdir, config=_config(args, name),
+            ckpt_every=args.ckpt_every, eval_fn=eval_fn, eval_every=args.eval_every,
+            log_every=args.log_every, chunk=args.chunk, progress=not args.no_progress,
+            max_consecutive_nonfinite=args.max_nonfinite, max_to_keep=args.max_to_keep,
+            baseline=baseline)
+    except rnnjax.NonFiniteError as e:
+        saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) \
+            if (workdir / "checkpoints").exists() else []
+        print(f"\n[{name}] {e}\nNothing was saved after the last good checkpoint (step "
+              f"{saved[-1] if saved else 'none'}). Lower --lr or --clip-norm, or check the data.",
+              file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_NONFINITE) from None
+    except ValueError as e:
+        if isinstance(e, rnnjax.WorkdirError):
+            raise SystemExit(f"[{name}] {e}") from None
+        raise
+    results = json.loads((workdir / "results.json").read_text())
+    if results.get("resumed_from_step") is not None:
+        print(f"[{name}] resumed from the checkpoint of step {results['resumed_from_step']} in "
+              f"{workdir / 'checkpoints'}", flush=True)
+    final = results["final"]
     if final_fn is not None:
-        final.update(final_fn(params))
-    records = _read_metrics(metrics_path, steps)
-    train_recs = [r for r in records if r.get("kind") == "train"]
-    tail = [r["loss"] for r in train_recs[-10:] if math.isfinite(r["loss"])]
-    if tail:
-        final["train_loss_last10"] = float(np.mean(tail))
-    plot_metrics(records, workdir / "loss.png", name)
-    results = {
-        "config": config,
-        "final": final,
-        "steps": int(state.step),
-        "resumed_from_step": resumed_from,
-        "wall_time_s": time.time() - t_start,
-        "params_sha256": params_sha256(params),
-        "num_params": num_params(params),
-        "checkpoints": ckpt.steps(),
-        "machine_start": machine_start,
-        "machine_end": _machine(),
-        **(info or {}),
-    }
+        final.update(final_fn(state.params))
+    results.update(info or {})
     write_json_atomic(workdir / "results.json", results)
-    ckpt.close()
-    print(f"[{name}] done: step {int(state.step)}, wall time {results['wall_time_s']:.1f} s, "
-          f"params_sha256 {results['params_sha256'][:16]}...; results in {workdir / 'results.json'}",
-          flush=True)
+    print(f"[{name}] done: step {int(state.step)}, wall time {results['wall_time_s']:.1f} s (all "
+          f"sessions), params_sha256 {results['params_sha256'][:16]}...; results in "
+          f"{workdir / 'results.json'}", flush=True)
     for k, v in final.items():
-        if isinstance(v, float):
+        if isinstance(v, float) and (k.startswith("eval_") or k == "train_loss_last10"):
             print(f"  {k}: {v:.6g}")
     return results

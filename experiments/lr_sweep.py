@@ -12,7 +12,10 @@ picture of how clipping widens the range of usable learning rates (Pascanu, Miko
     python experiments/lr_sweep.py --steps 50 --n-lr 6 --out /tmp/lr_sweep   # quick
 
 Writes ``lr_sweep.png`` (final loss vs learning rate), ``lr_sweep_curves.png`` (all loss curves)
-and ``lr_sweep.json`` (the flags, every configuration and its final loss) to ``--out``.
+and ``lr_sweep.json`` (the flags, every configuration and its final loss) to ``--out``. The sweep
+itself runs in ``--workdir`` through the engine (checkpoints of the stacked states, metrics,
+TensorBoard events, ``results.json`` with each configuration's ``params_sha256``): the same
+command after an interruption resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -32,7 +35,12 @@ sys.path.insert(0, os.path.dirname(_HERE))
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", default="out/lr_sweep", help="output directory")
+    p.add_argument("--out", default="out/lr_sweep", help="output directory of the plots and table")
+    p.add_argument("--workdir", default="runs/lr_sweep",
+                   help="the sweep's work directory (checkpoints, metrics, results.json); the "
+                        "same command with the same workdir resumes")
+    p.add_argument("--ckpt-every", type=int, default=100, help="checkpoint every this many steps")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--cell", choices=["tanh", "lstm"], default="tanh",
                    help="tanh Elman RNN (as in Pascanu et al.) or LSTM")
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "momentum", "adam", "rmsprop"],
@@ -95,8 +103,10 @@ def main(argv=None):
         return rnnjax.tasks.adding(jax.random.fold_in(data_key, step), args.batch, args.T)
 
     print(f"{len(configs)} configurations on {len(jax.devices())} device(s)", flush=True)
+    run_config = {k: v for k, v in vars(args).items() if k not in ("out", "cpu_devices")}
     result = sweep.run_sweep(configs, init_fn, sweep.sweep_step(loss_fn, make_tx), batch_fn,
-                             steps=args.steps)
+                             steps=args.steps, workdir=args.workdir, ckpt_every=args.ckpt_every,
+                             config=run_config, progress=not args.no_progress)
     final = result.final("loss", last=min(args.last, args.steps))
     skipped = result.metrics["nonfinite"].sum(axis=1)
     print(result.markdown(last=min(args.last, args.steps)))
@@ -109,7 +119,8 @@ def main(argv=None):
         y = np.array([final[i] for i in idx])
         shown = np.where(np.isfinite(y), np.minimum(y, cap), cap)
         label = "no clipping" if np.isinf(clip) else f"clip norm {clip:g}"
-        line, = ax.plot(lrs, shown, "o-", ms=4, label=label)
+        line, = ax.plot(lrs, shown, ("o-", "s--", "^-.", "d:")[c_i % 4], ms=5 - c_i % 3,
+                        lw=1.4, alpha=0.85, label=label)
         bad = [j for j, i in enumerate(idx) if not np.isfinite(final[i]) or final[i] >= cap or skipped[i] > 0]
         ax.plot(lrs[bad], shown[bad], "x", color=line.get_color(), ms=9)
     ax.axhline(rnnjax.tasks.ADDING_BASELINE_MSE, color="gray", ls="--", lw=1,

@@ -45,7 +45,8 @@ from rnnjax.losses import (
     mse,
     sequence_cross_entropy,
 )
-from rnnjax.train import NonFiniteError, TrainState, current_learning_rate, evaluate, fit, optimizer, train_step
+from rnnjax.train import (NonFiniteError, TrainState, WorkdirError, current_learning_rate, evaluate, fit,
+                          optimizer, train_step)
 from rnnjax.types import Cell, JordanState, LinearForm, LinearRecurrence, LogLinearRecurrence, LSTMState
 from rnnjax.unroll import unroll
 

@@ -297,6 +297,17 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def write_npz_atomic(path: str | os.PathLike, arrays: dict[str, Any]) -> None:
+    """Write ``arrays`` as an ``.npz`` file to ``path`` via a temporary file and ``os.replace``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    with open(tmp, "wb") as f:
+        np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def _json_default(o: Any) -> Any:
     if isinstance(o, (np.generic, jax.Array)) and np.ndim(o) == 0:
         return np.asarray(o).item()

@@ -120,6 +120,7 @@ __all__ = [
 ]
 
 AXIS = "sweep"
+_LINESTYLES = ("-", "--", "-.", ":")  # with the colour, so that no curve hides another
 _INDEX = "__sweep_index__"  # an internal numeric entry, so that every group has a batched input
 
 
@@ -299,12 +300,17 @@ class SweepResult:
         ``[i, t]``; extra trailing axes for non-scalar metrics).
       groups: the :class:`SweepGroup`\\ s (one per distinct static values).
       steps: the number of training steps.
+      eval_metrics: name -> array ``[n_configs, n_evals]``: ``eval_fn``'s values ({} without one).
+      eval_steps: ``[n_evals]``, the step count at each evaluation (multiples of ``eval_every``
+        and the last step).
     """
 
     configs: list[dict[str, Any]]
     metrics: dict[str, np.ndarray]
     groups: list[SweepGroup]
     steps: int
+    eval_metrics: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    eval_steps: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
 
     def __len__(self) -> int:
         return len(self.configs)
@@ -407,7 +413,8 @@ class SweepResult:
         for i, c in enumerate(self.configs):
             label = ", ".join(f"{k}={c[k]:.3g}" if isinstance(c[k], float) else f"{k}={c[k]}"
                               for k in label_keys)
-            ax.plot(t, self.metrics[metric][i], color=colors[i], lw=1, label=label)
+            ax.plot(t, self.metrics[metric][i], color=colors[i], lw=1.2,
+                    ls=_LINESTYLES[i % len(_LINESTYLES)], label=label)
         if logy:
             ax.set_yscale("log")
         ax.set_xlabel("step")
@@ -437,23 +444,25 @@ def _resolve_vmap_size(vmap_size: int | str | None) -> int | None:
 _PROGRAMS: dict[tuple, tuple] = {}
 
 
-def _cached_program(static: dict, init_fn, step_fn, batch_fn, mesh: Mesh | None, vmap_size: int | None):
+def _cached_program(static: dict, init_fn, step_fn, batch_fn, eval_fn, mesh: Mesh | None,
+                    vmap_size: int | None):
     """:func:`_program`, memoised so that a repeated sweep reuses its compiled programs."""
-    key = (tuple((k, _freeze(v)) for k, v in static.items()), init_fn, step_fn, batch_fn,
+    key = (tuple((k, _freeze(v)) for k, v in static.items()), init_fn, step_fn, batch_fn, eval_fn,
            None if mesh is None else (tuple(d.id for d in mesh.devices.flat)), vmap_size)
     try:
         hash(key)
     except TypeError:
-        return _program(static, init_fn, step_fn, batch_fn, mesh, vmap_size)
+        return _program(static, init_fn, step_fn, batch_fn, eval_fn, mesh, vmap_size)
     if key not in _PROGRAMS:
         if len(_PROGRAMS) >= 64:
             _PROGRAMS.pop(next(iter(_PROGRAMS)))
-        _PROGRAMS[key] = _program(static, init_fn, step_fn, batch_fn, mesh, vmap_size)
+        _PROGRAMS[key] = _program(static, init_fn, step_fn, batch_fn, eval_fn, mesh, vmap_size)
     return _PROGRAMS[key]
 
 
-def _program(static: dict, init_fn, step_fn, batch_fn, mesh: Mesh | None, vmap_size: int | None):
-    """``(init, run)``: jitted functions over a group's stacked numeric values."""
+def _program(static: dict, init_fn, step_fn, batch_fn, eval_fn, mesh: Mesh | None,
+             vmap_size: int | None):
+    """``(init, run, evaluate)``: jitted functions over a group's stacked numeric values."""
 
     def config(num):
         return {**static, **{k: v for k, v in num.items() if k != _INDEX}}
@@ -469,18 +478,25 @@ def _program(static: dict, init_fn, step_fn, batch_fn, mesh: Mesh | None, vmap_s
 
         return jax.lax.scan(body, state, start + jnp.arange(n, dtype=jnp.int32))
 
-    def local(states, nums, start, n):
+    def per_config(f, states, nums):
+        """``f(state, num)`` for every configuration: vmapped in batches of ``vmap_size``."""
         size = nums[_INDEX].shape[0]
         if vmap_size is None or vmap_size >= size:
-            return jax.vmap(one, in_axes=(0, 0, None, None))(states, nums, start, n)
-        if vmap_size == 1:
-            return jax.lax.map(lambda a: one(a[0], a[1], start, n), (states, nums))
-        return jax.lax.map(lambda a: one(a[0], a[1], start, n), (states, nums), batch_size=vmap_size)
+            return jax.vmap(f)(states, nums)
+        return jax.lax.map(lambda a: f(*a), (states, nums),
+                           batch_size=None if vmap_size == 1 else vmap_size)
+
+    def local(states, nums, start, n):
+        return per_config(lambda s, u: one(s, u, start, n), states, nums)
+
+    def local_eval(states, nums):
+        return per_config(lambda s, u: eval_fn(s.params, config(u)), states, nums)
 
     if mesh is None:
         init = jax.jit(init_all)
         run = jax.jit(local, static_argnums=3, donate_argnums=0)
-        return init, run
+        evaluate = None if eval_fn is None else jax.jit(local_eval)
+        return init, run, evaluate
 
     spec = PartitionSpec(AXIS)
     sharded = NamedSharding(mesh, spec)
@@ -492,8 +508,20 @@ def _program(static: dict, init_fn, step_fn, batch_fn, mesh: Mesh | None, vmap_s
                           check_vma=False)
         return f(states, nums, start)
 
+    def eval_sharded(states, nums):
+        return jax.shard_map(local_eval, mesh=mesh, in_specs=(spec, spec), out_specs=spec,
+                             check_vma=False)(states, nums)
+
     run = jax.jit(run_sharded, static_argnums=3, donate_argnums=0)
-    return init, run
+    evaluate = None if eval_fn is None else jax.jit(eval_sharded)
+    return init, run, evaluate
+
+
+def _check_count(name: str, value: Any, *, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}")
 
 
 def run_sweep(
@@ -507,16 +535,35 @@ def run_sweep(
     devices: Sequence[jax.Device] | None = None,
     vmap_size: int | str | None = "auto",
     steps_per_call: int | None = None,
+    eval_fn: Callable[[Any, dict[str, Any]], dict[str, jax.Array]] | None = None,
+    eval_every: int | None = None,
+    workdir: str | None = None,
+    ckpt_every: int | None = None,
+    config: Mapping[str, Any] | None = None,
+    log_every: int = 10,
+    max_to_keep: int = 2,
+    tensorboard: bool | None = None,
+    progress: bool = True,
 ) -> SweepResult:
-    """Train every configuration for ``steps`` steps, all at once.
+    """Train every configuration for ``steps`` steps, all at once: :func:`rnnjax.fit` over a sweep.
 
     For each group of configurations with the same static values, the numeric values are stacked
     (``[n]`` arrays: ints as int32, floats as float32), the states are built by
-    ``vmap(init_fn)``, and one jitted program runs ``steps_per_call`` steps of every
-    configuration: step ``t`` is ``state, metrics = step_fn(state, batch_fn(config, t), config)``
-    (the same order as :func:`rnnjax.fit`, so configuration ``i`` gives what training it alone
-    with ``fit(init_fn(configs[i]), ..., batch_fn=lambda t: batch_fn(configs[i], t))`` gives, to
+    ``vmap(init_fn)``, and one jitted program runs a chunk of steps of every configuration: step
+    ``t`` is ``state, metrics = step_fn(state, batch_fn(config, t), config)`` (the same order as
+    :func:`rnnjax.fit`, so configuration ``i`` gives what training it alone with
+    ``fit(init_fn(configs[i]), ..., batch_fn=lambda t: batch_fn(configs[i], t))`` gives, to
     float rounding). The sweep axis is sharded over ``devices`` (see the module docstring).
+
+    With ``workdir`` the sweep is resumable like ``fit``: the stacked states of each group are
+    checkpointed (``checkpoints/group_<g>/``, every ``ckpt_every`` steps and at the end) with
+    the metrics so far; calling ``run_sweep`` again with the same arguments continues from the
+    newest intact checkpoints and ends bitwise equal to an uninterrupted sweep (a larger ``steps``
+    extends it; changed configurations are refused, naming the keys). The directory also gets
+    ``metrics.npz`` (all metrics), TensorBoard events per configuration (``tb/config_<i>/``, every
+    ``log_every`` steps), ``loss.png`` and ``results.json``: the configurations, each one's final
+    metrics, ``params_sha256`` as a list in the order given, and the wall time summed over every
+    process that worked on the sweep.
 
     Args:
       configs: a list of dicts with the same keys (e.g. :func:`grid`).
@@ -532,22 +579,41 @@ def run_sweep(
       vmap_size: configurations run batched (``vmap``) at once on a device; the device's batches
         run one after another (``lax.map``). ``None``: all of them. ``"auto"``: 1 on CPU (it
         measured fastest there, see the module docstring), all elsewhere.
-      steps_per_call: steps per compiled call (default: all ``steps`` in one call); smaller
-        values bound the size of the metrics kept on the device.
+      steps_per_call: steps per compiled call (default: all ``steps``, or up to the next
+        evaluation or checkpoint); smaller values bound the metrics kept on the device.
+      eval_fn: ``eval_fn(params, config) -> dict`` of scalars (traceable; run for every
+        configuration in one program) every ``eval_every`` steps and at the end.
+      eval_every: evaluation period in steps (None: only at the end).
+      workdir: the sweep's directory (see above); None keeps nothing on disk.
+      ckpt_every: checkpoint period in steps with ``workdir`` (default: 1000) and at the end.
+      config: extra JSON-able settings recorded (and checked on resume) with the configurations.
+      log_every: TensorBoard period in steps (the metrics arrays hold every step).
+      max_to_keep: checkpoints kept per group.
+      tensorboard: write TensorBoard events (needs ``tensorboardX``); None: when installed.
+      progress: one progress bar for the whole sweep (steps, steps/s, ETA, best loss).
 
     Returns:
       A :class:`SweepResult`.
     """
+    import time
+
+    from tqdm.auto import tqdm
+
+    from rnnjax import _workdir as wd
+    from rnnjax.checkpoint import params_sha256
+
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if steps_per_call is None:
-        steps_per_call = steps
-    if isinstance(steps_per_call, bool) or not isinstance(steps_per_call, (int, np.integer)) \
-            or steps_per_call < 1:
-        raise ValueError(f"steps_per_call must be a positive int, got {steps_per_call!r}")
+    for name, value in (("steps_per_call", steps_per_call), ("eval_every", eval_every),
+                        ("ckpt_every", ckpt_every)):
+        _check_count(name, value)
+    _check_count("log_every", log_every, allow_none=False)
+    _check_count("max_to_keep", max_to_keep, allow_none=False)
     for name, fn in (("init_fn", init_fn), ("step_fn", step_fn), ("batch_fn", batch_fn)):
         if not callable(fn):
             raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+    if eval_fn is not None and not callable(eval_fn):
+        raise TypeError(f"eval_fn must be callable (params, config) -> dict, got {type(eval_fn).__name__}")
     if isinstance(static, str):
         static = (static,)
     configs = [dict(c) for c in configs] if isinstance(configs, Sequence) else configs
@@ -558,6 +624,18 @@ def run_sweep(
         raise ValueError("devices must not be empty")
     mesh = Mesh(np.asarray(devices), (AXIS,)) if len(devices) > 1 else None
     n_dev = len(devices)
+    steps = int(steps)
+    if workdir is not None and ckpt_every is None:
+        ckpt_every = 1000
+    t_start = time.time()
+
+    run_dir = None
+    if workdir is not None:
+        run_dir = wd.Workdir(workdir, config={"configs": configs, "static": sorted(static_keys),
+                                              **dict(config or {})},
+                             steps=steps, write=jax.process_index() == 0)
+    use_tb = run_dir is not None and run_dir.write and (
+        wd.tensorboard_available() if tensorboard is None else tensorboard)
 
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(configs):
@@ -565,43 +643,228 @@ def run_sweep(
 
     n = len(configs)
     metrics: dict[str, np.ndarray] = {}
+    eval_metrics: dict[str, np.ndarray] = {}
+    eval_steps: list[int] = []
     out_groups = []
-    for indices in groups.values():
-        members = [configs[i] for i in indices]
-        static_vals = {k: members[0][k] for k in static_keys}
-        padded = members + [members[-1]] * (-len(members) % n_dev)
-        nums = _stack_numeric(padded, numeric_keys)
-        nums[_INDEX] = np.arange(len(padded), dtype=np.int32)
-        init, run = _cached_program(static_vals, init_fn, step_fn, batch_fn, mesh, vmap_size)
-        if mesh is not None:
-            sharding = NamedSharding(mesh, PartitionSpec(AXIS))
-            nums = {k: _global(v, sharding) for k, v in nums.items()}
-        else:
-            nums = {k: jax.device_put(v, devices[0]) for k, v in nums.items()}
-        try:
-            state = init(nums)
-        except TypeError as e:  # includes jax's ConcretizationTypeError & co.
-            raise TypeError(f"init_fn failed with {type(e).__name__}: {e}\nIf it needs a Python "
-                            f"value (e.g. a size) of a numeric key, name that key in static=...; "
-                            f"the numeric (swept, traced) keys are {numeric_keys}") from e
-        if not isinstance(state, TrainState):
-            raise TypeError(f"init_fn must return an rnnjax.TrainState, got {type(state).__name__}")
-        chunks = []
-        start = 0
-        while start < steps:
-            k = min(steps_per_call, steps - start)
-            state, m = run(state, nums, jnp.asarray(start, jnp.int32), k)
-            chunks.append(_to_host(m))
-            start += k
-        m = {key: np.concatenate([c[key] for c in chunks], axis=1)[:len(indices)] for key in chunks[0]}
-        for key, v in m.items():
-            if key not in metrics:
-                metrics[key] = np.full((n,) + v.shape[1:], np.nan, v.dtype if v.dtype.kind == "f" else np.float64)
-            if metrics[key].shape[1:] != v.shape[1:]:
-                raise ValueError(f"metric {key!r} has shape {v.shape[1:]} in one group and "
-                                 f"{metrics[key].shape[1:]} in another")
-            metrics[key][indices] = v
-        if len(padded) > len(indices):
-            state = jax.tree.map(lambda a: a[:len(indices)], state)
-        out_groups.append(SweepGroup(static_vals, list(indices), state))
-    return SweepResult(configs=list(configs), metrics=metrics, groups=out_groups, steps=int(steps))
+    bar = tqdm(total=steps * len(groups), disable=not progress or jax.process_index() != 0,
+               desc=f"sweep of {n}", dynamic_ncols=True, mininterval=0.5)
+    try:
+        for g, indices in enumerate(groups.values()):
+            members = [configs[i] for i in indices]
+            static_vals = {k: members[0][k] for k in static_keys}
+            padded = members + [members[-1]] * (-len(members) % n_dev)
+            nums = _stack_numeric(padded, numeric_keys)
+            nums[_INDEX] = np.arange(len(padded), dtype=np.int32)
+            init, run, evaluate = _cached_program(static_vals, init_fn, step_fn, batch_fn, eval_fn,
+                                                  mesh, vmap_size)
+            sharding = NamedSharding(mesh, PartitionSpec(AXIS)) if mesh is not None else None
+            if mesh is not None:
+                nums = {k: _global(v, sharding) for k, v in nums.items()}
+            else:
+                nums = {k: jax.device_put(v, devices[0]) for k, v in nums.items()}
+            try:
+                state = init(nums)
+            except TypeError as e:  # includes jax's ConcretizationTypeError & co.
+                raise TypeError(f"init_fn failed with {type(e).__name__}: {e}\nIf it needs a Python "
+                                f"value (e.g. a size) of a numeric key, name that key in static=...; "
+                                f"the numeric (swept, traced) keys are {numeric_keys}") from e
+            if not isinstance(state, TrainState):
+                raise TypeError(f"init_fn must return an rnnjax.TrainState, got {type(state).__name__}")
+
+            chunks: list[dict] = []
+            evals: list[dict] = []
+            g_eval_steps: list[int] = []
+            start = 0
+            ckpt = None
+            if run_dir is not None:
+                ckpt, state, start, chunks, evals, g_eval_steps = _resume_group(
+                    run_dir, g, state, sharding, devices[0], max_to_keep)
+            bar.update(start)
+            events = None
+            if use_tb:
+                events = [wd.EventLog(run_dir.path / "tb" / f"config_{i:03d}",
+                                      purge_step=start or None) for i in indices]
+            t = start
+            while t < steps:
+                nb = _next_boundary(t, steps, steps_per_call, eval_every, ckpt_every)
+                k = nb - t
+                state, m = run(state, nums, jnp.asarray(t, jnp.int32), k)
+                m = _to_host(m)
+                chunks.append(m)
+                if events is not None:
+                    _log_events(events, m, t, log_every, prefix="train/")
+                t = nb
+                post = {}
+                if "loss" in m:
+                    last = np.asarray(m["loss"])[:len(indices), -1]
+                    if np.isfinite(last).any():
+                        post["best loss"] = f"{np.nanmin(np.where(np.isfinite(last), last, np.nan)):.4g}"
+                if evaluate is not None and ((eval_every and t % eval_every == 0) or t == steps):
+                    e = _to_host(evaluate(state, nums))
+                    evals.append(e)
+                    g_eval_steps.append(t)
+                    if events is not None:
+                        for j, ev in enumerate(events):
+                            ev.scalars(t, {key: float(np.asarray(v)[j]) for key, v in e.items()},
+                                       prefix="eval/")
+                if ckpt is not None and (t % ckpt_every == 0 or t == steps):
+                    _save_group(run_dir, g, ckpt, state, t, chunks, evals, g_eval_steps)
+                if run_dir is not None:
+                    run_dir.progress(0, t)
+                bar.set_postfix(post, refresh=False)
+                bar.update(k)
+            if events is not None:
+                for ev in events:
+                    ev.close()
+            if ckpt is not None:
+                ckpt.close()
+            m = {key: np.concatenate([np.asarray(c[key]) for c in chunks], axis=1)[:len(indices), :steps]
+                 for key in chunks[0]} if chunks else {}
+            _merge(metrics, m, indices, n)
+            if evals:
+                e = {key: np.stack([np.asarray(c[key]) for c in evals], axis=1)[:len(indices)]
+                     for key in evals[0]}
+                _merge(eval_metrics, e, indices, n)
+                if eval_steps and eval_steps != g_eval_steps:
+                    raise AssertionError("groups evaluated at different steps")
+                eval_steps = g_eval_steps
+            if len(padded) > len(indices):
+                state = jax.tree.map(lambda a: a[:len(indices)], state)
+            out_groups.append(SweepGroup(static_vals, list(indices), state))
+    finally:
+        bar.close()
+    result = SweepResult(configs=list(configs), metrics=metrics, groups=out_groups, steps=steps,
+                         eval_metrics=eval_metrics, eval_steps=np.asarray(eval_steps, np.int64))
+    if run_dir is not None:
+        _write_sweep_results(run_dir, result, params_sha256, time.time() - t_start)
+    return result
+
+
+def _next_boundary(t: int, steps: int, *every: int | None) -> int:
+    return min([steps] + [(t // k + 1) * k for k in every if k])
+
+
+def _merge(out: dict[str, np.ndarray], m: dict[str, np.ndarray], indices: list[int], n: int) -> None:
+    for key, v in m.items():
+        if key not in out:
+            out[key] = np.full((n,) + v.shape[1:], np.nan,
+                               v.dtype if v.dtype.kind == "f" else np.float64)
+        if out[key].shape[1:] != v.shape[1:]:
+            raise ValueError(f"metric {key!r} has shape {v.shape[1:]} in one group and "
+                             f"{out[key].shape[1:]} in another")
+        out[key][indices] = v
+
+
+def _log_events(events, m: dict, t0: int, every: int, prefix: str) -> None:
+    k = np.asarray(next(iter(m.values()))).shape[1]
+    for i in range(k):
+        step = t0 + i + 1
+        if step % every:
+            continue
+        for j, ev in enumerate(events):
+            ev.scalars(step, {key: float(np.asarray(v)[j, i]) for key, v in m.items()
+                              if np.ndim(v) == 2}, prefix=prefix)
+
+
+def _group_files(run_dir, g: int):
+    return run_dir.path / "checkpoints" / f"group_{g}", run_dir.path / "checkpoints" / f"group_{g}_metrics"
+
+
+def _save_group(run_dir, g, ckpt, state, t, chunks, evals, eval_steps) -> None:
+    """The group's metrics up to ``t`` (written first, named by step), then its states."""
+    from rnnjax.checkpoint import write_npz_atomic
+
+    _, mdir = _group_files(run_dir, g)
+    if run_dir.write:
+        mdir.mkdir(parents=True, exist_ok=True)
+        arrays = {f"train/{key}": np.concatenate([np.asarray(c[key]) for c in chunks], axis=1)
+                  for key in chunks[0]}
+        if evals:
+            arrays.update({f"eval/{key}": np.stack([np.asarray(c[key]) for c in evals], axis=1)
+                           for key in evals[0]})
+        arrays["eval_steps"] = np.asarray(eval_steps, np.int64)
+        write_npz_atomic(mdir / f"{t}.npz", arrays)
+    ckpt.save(_to_host_state(state), step=t)
+    if run_dir.write:
+        keep = set(ckpt.steps())
+        for f in mdir.glob("*.npz"):
+            if f.stem.isdigit() and int(f.stem) not in keep:
+                f.unlink()
+
+
+def _resume_group(run_dir, g, template, sharding, device, max_to_keep):
+    """``(checkpointer, state, step, chunks, evals, eval_steps)`` of group ``g``: restored from its
+    newest intact checkpoint with the metrics saved at that step, or the fresh state at step 0."""
+    from rnnjax.checkpoint import Checkpointer
+
+    cdir, mdir = _group_files(run_dir, g)
+    ckpt = Checkpointer(cdir, max_to_keep=max_to_keep)
+    restored = ckpt.restore_latest(_to_host_state(template))
+    if restored is None:
+        return ckpt, template, 0, [], [], []
+    step = int(np.asarray(restored.step).reshape(-1)[0])
+    # the metrics are written before the states, so they exist for every finished checkpoint
+    with np.load(mdir / f"{step}.npz") as z:
+        train = {k[6:]: z[k] for k in z.files if k.startswith("train/")}
+        ev = {k[5:]: z[k] for k in z.files if k.startswith("eval/")}
+        eval_steps = [int(s) for s in z["eval_steps"]]
+    evals = [{k: v[:, i] for k, v in ev.items()} for i in range(len(eval_steps))]
+    state = jax.tree.map(lambda h, tpl: _place(h, tpl, sharding, device), restored, template)
+    return ckpt, state, step, [train] if train else [], evals, eval_steps
+
+
+def _place(host: Any, like: jax.Array, sharding, device) -> jax.Array:
+    if jnp.issubdtype(like.dtype, jax.dtypes.prng_key):
+        data = np.asarray(jax.random.key_data(host))
+        impl = jax.random.key_impl(like)
+        arr = _global(data, sharding) if sharding is not None else jax.device_put(data, device)
+        return jax.random.wrap_key_data(arr, impl=impl)
+    host = np.asarray(host)
+    return _global(host, sharding) if sharding is not None else jax.device_put(host, device)
+
+
+def _to_host_state(state: Any) -> Any:
+    """The stacked states on the host (gathered from every process), typed keys kept typed."""
+
+    def one(x):
+        if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            impl = jax.random.key_impl(x)
+            return jax.random.wrap_key_data(jnp.asarray(_to_host(jax.random.key_data(x))), impl=impl)
+        return _to_host(x)
+
+    return jax.tree.map(one, state)
+
+
+def _write_sweep_results(run_dir, result: "SweepResult", params_sha256, elapsed: float) -> None:
+    from rnnjax import _workdir as wd
+
+    finals = []
+    for i in range(len(result)):
+        f = {key: float(v[i, -1]) for key, v in result.metrics.items() if v.ndim == 2}
+        f.update({f"eval_{key}": float(v[i, -1]) for key, v in result.eval_metrics.items() if v.ndim == 2})
+        finals.append(f)
+    shas = [params_sha256(_to_host(result.state(i).params)) for i in range(len(result))]
+    results = {
+        "config": run_dir.config,
+        "configs": wd._jsonable(result.configs),
+        "steps": result.steps,
+        "final": finals,
+        "params_sha256": shas,
+        "eval_steps": [int(s) for s in result.eval_steps],
+        "wall_time_s": run_dir.total_wall_time(),
+        "wall_time_this_process_s": elapsed,
+        "sessions": run_dir.sessions(),
+    }
+    run_dir.results(results)
+    if run_dir.write:
+        from rnnjax.checkpoint import write_npz_atomic
+
+        arrays = {f"train/{k}": v for k, v in result.metrics.items()}
+        arrays.update({f"eval/{k}": v for k, v in result.eval_metrics.items()})
+        arrays["eval_steps"] = result.eval_steps
+        write_npz_atomic(run_dir.path / "metrics.npz", arrays)
+        if "loss" in result.metrics:
+            import matplotlib.pyplot as plt
+
+            fig = result.plot(str(run_dir.path / "loss.png"))
+            plt.close(fig)

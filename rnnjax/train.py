@@ -15,6 +15,7 @@ Every numeric hyperparameter of :func:`optimizer` is an array leaf of the optimi
 from __future__ import annotations
 
 import inspect
+import json
 import math
 from collections import defaultdict
 from typing import Any, Callable, Iterable, NamedTuple
@@ -26,12 +27,14 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from rnnjax._workdir import WorkdirError
 from rnnjax.types import Array, Params, PRNGKey
 
 __all__ = [
     "NonFiniteError",
     "ScheduleState",
     "TrainState",
+    "WorkdirError",
     "current_learning_rate",
     "evaluate",
     "fit",
@@ -456,112 +459,492 @@ def _host(v: Any) -> Any:
     return float(v) if np.ndim(v) == 0 else np.asarray(v)
 
 
+def _check_int(arg: str, value: Any, *, minimum: int, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{arg} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{arg} must be {'>= 0' if minimum == 0 else 'a positive int'}, got {value}")
+
+
+def _traceable(batch_fn: Callable[[Any], Any]) -> bool:
+    """Whether ``batch_fn(step)`` can be traced with a traced int32 ``step`` (made inside jit)."""
+    try:
+        jax.eval_shape(batch_fn, jax.ShapeDtypeStruct((), jnp.int32))
+    except Exception:  # noqa: BLE001 - any failure means: feed it host steps instead
+        return False
+    return True
+
+
+def _boundaries(t: int, steps: int, every: Iterable[int | None]) -> int:
+    """The next chunk end after ``t``: the nearest multiple of any of ``every``, or ``steps``."""
+    return min([steps] + [(t // k + 1) * k for k in every if k])
+
+
+def _records_to_history(records: Iterable[dict]) -> dict[str, list]:
+    history: dict[str, list] = defaultdict(list)
+    for r in records:
+        if r.get("kind") == "eval":
+            history["eval_step"].append(r["step"])
+            for k, v in r.items():
+                if k.startswith("eval_"):
+                    history[k].append(v)
+        elif r.get("kind") == "train":
+            for k, v in r.items():
+                if k != "kind":
+                    history[k].append(v)
+    return dict(history)
+
+
+class _Placement:
+    """Where the state and batches live: one device, or data parallel over a mesh's first axis."""
+
+    def __init__(self, mesh: Any, batch_axes: Any):
+        from jax.sharding import Mesh
+
+        self.mesh = mesh
+        self.batch_axes = batch_axes
+        if mesh is None:
+            return
+        if not isinstance(mesh, Mesh):
+            raise TypeError(f"mesh must be a jax.sharding.Mesh (its first axis is the data axis), "
+                            f"got {type(mesh).__name__}")
+        self.axis = mesh.axis_names[0]
+        self.size = int(mesh.shape[self.axis])
+
+    def _specs(self, batch: Any) -> Any:
+        """A ``PartitionSpec`` for every batch leaf (checked: the batch axis divides evenly)."""
+        from jax.sharding import PartitionSpec as P
+
+        leaves, treedef = jax.tree_util.tree_flatten(batch)
+        axes = self.batch_axes
+        if isinstance(axes, (int, np.integer)) or axes is None:
+            axes = [axes] * len(leaves)
+        else:
+            try:
+                axes = treedef.flatten_up_to(axes)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"batch_axes must be an int or a pytree of ints/None matching the "
+                                 f"batch's structure {treedef}: {e}") from None
+        specs = []
+        for i, (leaf, ax) in enumerate(zip(leaves, axes)):
+            if ax is None:
+                specs.append(P())
+                continue
+            shape = np.shape(leaf)
+            if not -len(shape) <= ax < len(shape):
+                raise ValueError(f"batch_axes gives axis {ax} for batch leaf {i} of shape {shape}")
+            ax = ax % len(shape)
+            if shape[ax] % self.size:
+                raise ValueError(f"batch leaf {i} has size {shape[ax]} along its batch axis {ax} "
+                                 f"(shape {shape}), which does not divide over the {self.size} "
+                                 f"devices of mesh axis {self.axis!r}; use a batch size that is a "
+                                 f"multiple of {self.size}")
+            specs.append(P(*([None] * ax + [self.axis])))
+        return jax.tree_util.tree_unflatten(treedef, specs)
+
+    def state(self, state: Any) -> Any:
+        if self.mesh is None:
+            return state
+        from jax.sharding import NamedSharding, PartitionSpec as P
+
+        replicated = NamedSharding(self.mesh, P())
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.host_local_array_to_global_array(state, self.mesh, P())
+        return jax.device_put(state, replicated)
+
+    def batch(self, batch: Any) -> Any:
+        """Inside a program: constrain every batch leaf to be sharded along its batch axis."""
+        if self.mesh is None:
+            return batch
+        from jax.sharding import NamedSharding
+
+        specs = self._specs(batch)
+        return jax.tree.map(lambda x, s: jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, s)),
+                            batch, specs)
+
+    def host_batch(self, batch: Any) -> Any:
+        """A host batch as global arrays: this process's share on its devices."""
+        if self.mesh is None:
+            return batch
+        from jax.sharding import NamedSharding
+
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            specs = self._local_specs(batch)
+            return multihost_utils.host_local_array_to_global_array(batch, self.mesh, specs)
+        specs = self._specs(batch)
+        return jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(self.mesh, s)), batch, specs)
+
+    def _local_specs(self, batch: Any) -> Any:
+        # the local share must divide over this process's devices along the data axis
+        n_local = self.size // jax.process_count()
+        saved, self.size = self.size, max(n_local, 1)
+        try:
+            return self._specs(batch)
+        finally:
+            self.size = saved
+
+    def jit(self, f: Callable, with_batch: bool = False) -> Callable:
+        del with_batch
+        return jax.jit(f)
+
+
+DEFAULT_CHUNK = 100
+DEFAULT_CKPT_EVERY = 1000
+
+
 def fit(
     state: TrainState,
     step_fn: Callable[[TrainState, Any], tuple[TrainState, dict[str, Array]]],
-    batch_fn: Callable[[int], Any],
+    batch_fn: Callable[[Any], Any] | Iterable[Any],
     *,
     steps: int,
-    eval_fn: Callable[[Params, Any], dict[str, Array]] | None = None,
+    workdir: str | None = None,
+    config: dict[str, Any] | None = None,
+    ckpt_every: int | None = None,
+    eval_fn: Callable[..., dict[str, Array]] | None = None,
     eval_batches: Iterable[Any] | Callable[[], Iterable[Any]] | None = None,
     eval_every: int | None = None,
     log_every: int = 1,
+    chunk: int | None = None,
     progress: bool = True,
     callback: Callable[[TrainState, dict[str, Any]], None] | None = None,
     max_consecutive_nonfinite: int | None = 10,
+    max_to_keep: int = 3,
+    tensorboard: bool | None = None,
+    baseline: float | None = None,
+    mesh: Any = None,
+    batch_axes: Any = 0,
 ) -> tuple[TrainState, dict[str, list]]:
-    """Train until ``state.step == steps``, with a progress bar, periodic evaluation and a history.
+    """The training engine: train ``state`` until ``state.step == steps``; resumable with ``workdir``.
 
-    Step ``t`` (0-based) runs ``step_fn(state, batch_fn(t))``; the data is a function of the step,
-    so a run resumed from a checkpoint at step ``t`` (``fit(restored, ..., steps=N)``) sees the
-    same batches and, with :func:`train_step`, the same keys. ``step_fn`` is jitted once here
-    (and ``eval_fn`` too). Each step's metrics are read back to the host (one small transfer).
+    Step ``t`` (0-based) runs ``state, metrics = step_fn(state, batch_fn(t))``. The data are a
+    function of the step and :func:`train_step` folds the step into the key, so a run is a
+    deterministic function of its seed; a resumed run repeats the same steps bitwise.
+
+    **Compiled chunks.** When ``batch_fn(step)`` can be traced with a traced int32 ``step``, steps
+    run in jitted chunks: a ``lax.scan`` over up to ``chunk`` steps with the batch made inside the
+    program, no per-step dispatch or host round trip. Otherwise (a data loader, a function of a
+    Python int, or an iterable of batches: ``batch_fn`` may be an iterator, advanced ``state.step``
+    times on resume) each step is a jitted call fed a host batch, with the same guarantees.
+    Chunks end at multiples of ``chunk``, ``ckpt_every``, ``eval_every`` and at ``steps``.
+
+    **Work directory.** With ``workdir``, ``fit`` resumes from the newest intact checkpoint there
+    (a damaged newest one is skipped with a warning naming it) and writes:
+    ``checkpoints/`` (the whole :class:`TrainState`, every ``ckpt_every`` steps and at the end,
+    atomic: a process killed at any moment, during a save too, leaves the previous checkpoint),
+    ``metrics.jsonl``, TensorBoard event files (``tensorboard --logdir runs/``), ``loss.png``, and
+    ``results.json`` (the config, the final metrics, ``params_sha256``, and ``wall_time_s`` summed
+    over every process that worked on the run, from ``sessions.json``). ``config`` (JSON-able) is
+    stored in ``config.json``; a resumed run with a different config is refused, naming the
+    differing keys, except ``steps`` (a larger ``steps`` extends a finished run from its last
+    checkpoint) and settings that change no result (``log_every``, ``eval_every``,
+    ``ckpt_every``, ``chunk``, ``progress`` ...). Calling ``fit`` again with the same arguments
+    after an interruption ends bitwise equal to an uninterrupted run.
+
+    **Non-finite guard.** A step whose loss, gradients or updates are NaN/inf changes nothing but
+    the step counter (:func:`train_step`); after ``max_consecutive_nonfinite`` such steps in a row,
+    ``fit`` raises :class:`NonFiniteError` naming the step; no checkpoint is written after it, so
+    the last good checkpoint stays intact.
+
+    **Data parallel.** With ``mesh`` (a ``jax.sharding.Mesh`` whose first axis is the data axis),
+    every batch leaf is sharded along its batch axis over that mesh axis, params and optimizer
+    state are replicated, and XLA inserts the gradient all-reduce. ``batch_axes`` says where the
+    batch axis is: an int for every leaf (0: ``[B, ...]``), or a pytree of ints / None (not
+    sharded) matching the batch, e.g. ``(1, 0)`` for time-major inputs ``[T, B, D]`` with labels
+    ``[B]``. On several hosts (after ``jax.distributed.initialize()``), a host-fed ``batch_fn``
+    returns this process's share of the batch (``jax.process_index()`` tells which) and a
+    traceable one returns the global batch, of which each device computes its shard.
 
     Args:
-      state: the starting :class:`TrainState`; training starts at ``state.step``.
-      step_fn: a pure step from :func:`train_step` (not yet jitted, though a jitted one works too).
-      batch_fn: ``batch_fn(step: int) -> batch``.
-      steps: the total number of steps: runs ``steps - state.step`` more (none if already there).
-      eval_fn: optional ``eval_fn(params, batch) -> dict`` of scalars, averaged by :func:`evaluate`.
-      eval_batches: the evaluation batches (a sequence, or a function returning an iterable);
-        required with ``eval_fn``.
-      eval_every: evaluate every this many steps (when ``state.step % eval_every == 0``) and at
-        the end; None: only at the end.
-      log_every: record the metrics in the history every this many steps (and at the last step).
-      progress: show a tqdm progress bar with the loss.
-      callback: optional ``callback(state, record)`` after every step; ``record`` holds the step's
-        metrics as Python floats, ``step`` (= ``state.step``), and the ``eval_*`` metrics on steps
-        that evaluated.
-      max_consecutive_nonfinite: raise :class:`NonFiniteError` after this many consecutive
-        skipped (NaN/inf) steps; None never stops.
+      state: the starting :class:`TrainState` (the template that checkpoints restore onto).
+      step_fn: a pure step from :func:`train_step` (not jitted; a jitted one works too).
+      batch_fn: ``batch_fn(step) -> batch`` (traceable for compiled chunks), or an iterable.
+      steps: the total number of steps (runs ``steps - state.step`` more).
+      workdir: the run's directory (see above); None keeps nothing on disk.
+      config: the run's JSON-able config, stored and checked on resume (with ``workdir``).
+      ckpt_every: checkpoint every this many steps (default 1000) and at the end.
+      eval_fn: ``eval_fn(params) -> dict`` of scalars (jitted), or with ``eval_batches``
+        ``eval_fn(params, batch)`` averaged over them by :func:`evaluate`.
+      eval_batches: the evaluation batches (a sequence, or a function returning an iterable).
+      eval_every: evaluate every this many steps and at the end; None: only at the end.
+      log_every: record training metrics every this many steps (and at the last step, and every
+        non-finite step) in the history, ``metrics.jsonl`` and TensorBoard.
+      chunk: steps per compiled call (default 100).
+      progress: one tqdm progress bar (steps, steps/s, ETA, last loss and eval metrics).
+      callback: ``callback(state, record)`` for every step after its chunk ran; ``record`` holds
+        ``step`` and the step's metrics as floats (plus ``eval_*`` on evaluation steps); ``state``
+        is the state at the end of that chunk.
+      max_consecutive_nonfinite: stop after this many consecutive skipped steps (None: never).
+      max_to_keep: checkpoints kept in ``workdir``.
+      tensorboard: write TensorBoard events (needs ``tensorboardX``, the ``tensorboard`` extra);
+        None: when it is installed.
+      baseline: a reference loss drawn and named in ``loss.png`` (e.g. the no-memory predictor's).
+      mesh: a ``jax.sharding.Mesh`` for data-parallel training (see above), or None.
+      batch_axes: the batch axis of each batch leaf (an int, or a pytree of ints / None).
 
     Returns:
-      ``(state, history)``: the final state and a dict of lists: ``step`` (``state.step`` after the
-      update) with ``loss``, ``grad_norm``, ``update_norm``, ``learning_rate``, ``nonfinite`` and
-      any aux metrics; ``eval_step`` with ``eval_<name>`` for each evaluation metric.
+      ``(state, history)``: the final state and a dict of lists: ``step`` with ``loss``,
+      ``grad_norm``, ``update_norm``, ``learning_rate``, ``nonfinite`` and any aux metrics;
+      ``eval_step`` with ``eval_<name>``. With ``workdir`` the history covers the whole run,
+      earlier processes included.
 
     Raises:
       NonFiniteError: too many consecutive non-finite steps; ``.state`` is the last good state.
+      WorkdirError (a ``ValueError``): ``workdir`` is a file, cannot be written, or holds a run
+        with another config.
     """
+    import time
+
+    from rnnjax import _workdir as wd
+
     if not isinstance(state, TrainState):
         raise TypeError(f"state must be an rnnjax.TrainState, got {type(state).__name__}")
-    for fn_name, fn in (("step_fn", step_fn), ("batch_fn", batch_fn)):
-        if not callable(fn):
-            raise TypeError(f"{fn_name} must be callable, got {type(fn).__name__}")
-    for arg, value, allow_none in (("steps", steps, False), ("eval_every", eval_every, True),
-                                   ("log_every", log_every, False),
-                                   ("max_consecutive_nonfinite", max_consecutive_nonfinite, True)):
-        if value is None and allow_none:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{arg} must be an int, got {type(value).__name__} {value!r}")
-        if value < (0 if arg == "steps" else 1):
-            raise ValueError(f"{arg} must be {'>= 0' if arg == 'steps' else 'a positive int'}, got {value}")
-    if (eval_fn is None) != (eval_batches is None):
-        raise ValueError("pass eval_fn and eval_batches together (or neither)")
+    if not callable(step_fn):
+        raise TypeError(f"step_fn must be callable, got {type(step_fn).__name__}")
+    if not callable(batch_fn) and not isinstance(batch_fn, Iterable):
+        raise TypeError(f"batch_fn must be a callable step -> batch or an iterable of batches, "
+                        f"got {type(batch_fn).__name__}")
+    _check_int("steps", steps, minimum=0)
+    for arg, value in (("eval_every", eval_every), ("ckpt_every", ckpt_every), ("chunk", chunk),
+                       ("max_consecutive_nonfinite", max_consecutive_nonfinite)):
+        _check_int(arg, value, minimum=1, allow_none=True)
+    _check_int("log_every", log_every, minimum=1)
+    _check_int("max_to_keep", max_to_keep, minimum=1)
+    if eval_batches is not None and eval_fn is None:
+        raise ValueError("eval_batches needs eval_fn(params, batch); pass eval_fn and eval_batches together")
+    if eval_fn is not None and not callable(eval_fn):
+        raise TypeError(f"eval_fn must be callable, got {type(eval_fn).__name__}")
     if eval_batches is not None and not callable(eval_batches):
         eval_batches = list(eval_batches)  # reused at every evaluation
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+    if config is not None and not isinstance(config, dict):
+        raise TypeError(f"config must be a JSON-able dict, got {type(config).__name__}")
+    if tensorboard and not wd.tensorboard_available():
+        raise ImportError("tensorboard=True needs tensorboardX: pip install 'rnnjax[tensorboard]'")
+    chunk = DEFAULT_CHUNK if chunk is None else int(chunk)
+    ckpt_every = DEFAULT_CKPT_EVERY if ckpt_every is None else int(ckpt_every)
+    steps = int(steps)
+    t_start = time.time()
 
-    jit_step = jax.jit(step_fn)
-    jit_eval = None if eval_fn is None else jax.jit(eval_fn)
-    history: dict[str, list] = defaultdict(list)
+    placement = _Placement(mesh, batch_axes)
+    state = placement.state(state)
+
+    # -- the work directory: config check, resume
+    run = ckpt = events = None
+    records: list[dict] = []
+    resumed_from = None
+    primary = jax.process_index() == 0
+    if workdir is not None:
+        from rnnjax.checkpoint import Checkpointer
+
+        run = wd.Workdir(workdir, config=config, steps=steps, write=primary)
+        ckpt = Checkpointer(run.path / "checkpoints", max_to_keep=max_to_keep)
+        restored = ckpt.restore_latest(state)
+        if restored is not None:
+            state = placement.state(restored)
+            resumed_from = int(state.step)
+        records = run.open_metrics(int(state.step))
+        use_tb = wd.tensorboard_available() if tensorboard is None else tensorboard
+        if use_tb and primary:
+            events = wd.EventLog(run.path, purge_step=resumed_from)
     start = int(state.step)
-    last_good, streak = state, 0
-    bar = tqdm(total=steps, initial=min(start, steps), disable=not progress, desc="fit", dynamic_ncols=True)
+
+    # -- how steps run: compiled chunks, or host-fed steps
+    iterator = None
+    if not callable(batch_fn):
+        iterator = iter(batch_fn)
+        for _ in range(start):  # a resumed run skips the batches already consumed
+            next(iterator)
+    compiled = iterator is None and _traceable(batch_fn)
+    guard = max_consecutive_nonfinite
+
+    if compiled:
+        chunk_fns: dict[int, Callable] = {}
+        metrics_shape = jax.eval_shape(lambda s: step_fn(s, placement.batch(batch_fn(s.step)))[1], state)
+        has_guard = "nonfinite" in metrics_shape
+
+        def body(carry, _):
+            s, streak = carry
+
+            def do(s):
+                return step_fn(s, placement.batch(batch_fn(s.step)))
+
+            if guard is None or not has_guard:
+                s, m = do(s)
+                return (s, streak), m
+
+            def skip(s):
+                return s, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), metrics_shape)
+
+            s, m = jax.lax.cond(streak >= guard, skip, do, s)
+            streak = jnp.where(m["nonfinite"] > 0, streak + 1, 0)
+            return (s, streak), m
+
+        def run_chunk(s, streak, t, n):
+            del t
+            if n not in chunk_fns:
+                chunk_fns[n] = placement.jit(lambda c: jax.lax.scan(body, c, None, length=n))
+            (s, _), m = chunk_fns[n]((s, jnp.asarray(streak, jnp.int32)))
+            return s, jax.device_get(m)
+    else:
+        jit_step = placement.jit(step_fn, with_batch=True)
+
+        def run_chunk(s, streak, t, n):
+            ms = []
+            for i in range(n):
+                batch = next(iterator) if iterator is not None else batch_fn(t + i)
+                s, m = jit_step(s, placement.host_batch(batch))
+                m = jax.device_get(m)
+                ms.append(m)
+                streak = streak + 1 if int(m.get("nonfinite", 0)) else 0
+                if guard is not None and streak >= guard:
+                    break
+            return s, {k: np.stack([np.asarray(m[k]) for m in ms]) for k in ms[0]}
+
+    jit_eval = None if eval_fn is None else jax.jit(eval_fn)
+
+    def evaluate_now(params) -> dict[str, float]:
+        if eval_batches is not None:
+            batches = eval_batches() if callable(eval_batches) else eval_batches
+            res = evaluate(jit_eval, params, batches)
+        else:
+            out = jit_eval(params)
+            if not isinstance(out, dict):
+                raise TypeError(f"eval_fn must return a dict of scalars, got {type(out).__name__}")
+            res = {k: float(v) for k, v in jax.device_get(out).items()}
+        return {f"eval_{k}": v for k, v in res.items()}
+
+    log = None
+    if run is not None and primary:
+        log = open(run.path / "metrics.jsonl", "a")
+    new_records: list[dict] = []
+    nonscalar: dict[str, list] = defaultdict(list)
+    bar = tqdm(total=steps, initial=min(start, steps), disable=not progress or not primary,
+               desc=_bar_label(workdir), dynamic_ncols=True, mininterval=0.5)
+    streak, t, last_eval = 0, start, {}
     try:
-        for t in range(start, steps):
-            state, metrics = jit_step(state, batch_fn(t))
-            done = t + 1
-            record = {k: _host(v) for k, v in jax.device_get(metrics).items()}
-            if record.get("nonfinite", 0):
-                streak += 1
-                if max_consecutive_nonfinite is not None and streak >= max_consecutive_nonfinite:
-                    raise NonFiniteError(
-                        f"fit stopped at step {done}: {streak} consecutive non-finite steps "
-                        f"(NaN/inf loss, gradients or updates; steps {done - streak + 1}..{done} "
-                        f"were skipped). The exception's .state is the last good state (step "
-                        f"{int(last_good.step)}); lower the learning rate or clip_norm, or check "
-                        f"the data.", state=last_good, step=done)
-            else:
-                streak, last_good = 0, state
-            if done % log_every == 0 or done == steps:
-                history["step"].append(done)
-                for k, v in record.items():
-                    history[k].append(v)
-            if jit_eval is not None and ((eval_every and done % eval_every == 0) or done == steps):
-                batches = eval_batches() if callable(eval_batches) else eval_batches
-                results = evaluate(jit_eval, state.params, batches)
-                history["eval_step"].append(done)
-                for k, v in results.items():
-                    history[f"eval_{k}"].append(v)
-                    record[f"eval_{k}"] = v
-            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items()
-                             if k == "loss" or k.startswith("eval_")}, refresh=False)
-            bar.update(1)
-            if callback is not None:
-                callback(state, {"step": done, **record})
+        while t < steps:
+            nb = _boundaries(t, steps, (chunk, ckpt_every if run is not None else None, eval_every))
+            n = nb - t
+            t0 = time.time()
+            state, m = run_chunk(state, streak, t, n)
+            dt = time.time() - t0
+            ran = len(next(iter(m.values()))) if m else n
+            stop_at = None
+            for i in range(ran):
+                done = t + i + 1
+                scal = {k: float(v[i]) for k, v in m.items() if np.ndim(v[i]) == 0}
+                bad = bool(scal.get("nonfinite", 0))
+                streak = streak + 1 if bad else 0
+                if done % log_every == 0 or done == steps or bad or \
+                        (guard is not None and streak >= guard):
+                    rec = {"kind": "train", "step": done, **scal, "sec_per_step": dt / max(ran, 1)}
+                    new_records.append(rec)
+                    for k, v in m.items():
+                        if np.ndim(v[i]) != 0:
+                            nonscalar[k].append(np.asarray(v[i]))
+                    if log is not None:
+                        log.write(json.dumps(rec) + "\n")
+                    if events is not None:
+                        events.scalars(done, scal, prefix="train/")
+                if callback is not None:
+                    callback(state, {"step": done, **{k: _host(v[i]) for k, v in m.items()}})
+                if guard is not None and streak >= guard:
+                    stop_at = done
+                    break
+            if stop_at is not None:
+                if log is not None:
+                    log.flush()
+                if run is not None:
+                    run.progress(start, stop_at)
+                last_good = state.replace(step=jnp.asarray(stop_at - streak, jnp.int32))
+                saved = ckpt.latest_step() if ckpt is not None else None
+                raise NonFiniteError(
+                    f"fit stopped at step {stop_at}: {streak} consecutive non-finite steps "
+                    f"(NaN/inf loss, gradients or updates; steps {stop_at - streak + 1}..{stop_at} "
+                    f"were skipped, params unchanged since step {stop_at - streak}). The "
+                    f"exception's .state is the last good state"
+                    + (f"; the last checkpoint (step {saved}) is intact" if ckpt is not None else "")
+                    + ". Lower the learning rate or clip_norm, or check the data.",
+                    state=last_good, step=stop_at)
+            t = nb
+            post = {"loss": f"{float(m['loss'][ran - 1]):.4g}"} if "loss" in m else {}
+            if jit_eval is not None and ((eval_every and t % eval_every == 0) or t == steps):
+                last_eval = evaluate_now(state.params)
+                rec = {"kind": "eval", "step": t, **last_eval}
+                new_records.append(rec)
+                if log is not None:
+                    log.write(json.dumps(rec) + "\n")
+                if events is not None:
+                    events.scalars(t, {k[5:]: v for k, v in last_eval.items()}, prefix="eval/")
+                post.update({k[5:]: f"{v:.4g}" for k, v in last_eval.items()})
+            if log is not None:
+                log.flush()
+            if ckpt is not None and (t % ckpt_every == 0 or t == steps) and (streak == 0 or t == steps):
+                ckpt.save(state)
+            if run is not None:
+                run.progress(start, t)
+            bar.set_postfix(post, refresh=False)
+            bar.update(n)
     finally:
         bar.close()
-    return state, dict(history)
+        if log is not None:
+            log.close()
+        if events is not None:
+            events.close()
+
+    history = _records_to_history(records + new_records)
+    for k, v in nonscalar.items():
+        history[k] = v
+    if run is not None:
+        if jit_eval is not None and not last_eval and int(state.step) >= steps:
+            last_eval = evaluate_now(state.params)  # resumed at the end: evaluate what was restored
+        _write_fit_results(run, ckpt, state, records + new_records, last_eval, resumed_from,
+                           baseline, time.time() - t_start)
+        ckpt.close()
+    return state, history
+
+
+def _bar_label(workdir: Any) -> str:
+    """The progress bar's label: the work directory's name, or ``fit``."""
+    import os
+
+    return os.path.basename(os.path.normpath(str(workdir))) if workdir is not None else "fit"
+
+
+def _write_fit_results(run, ckpt, state: TrainState, records: list[dict], last_eval: dict,
+                       resumed_from: int | None, baseline: float | None, elapsed: float) -> None:
+    from rnnjax import _workdir as wd
+    from rnnjax.checkpoint import params_sha256
+
+    train = [r for r in records if r.get("kind") == "train"]
+    final: dict[str, Any] = {}
+    if train:
+        final.update({k: v for k, v in train[-1].items() if k not in ("kind", "step")})
+        tail = [r["loss"] for r in train[-10:] if "loss" in r and math.isfinite(r["loss"])]
+        if tail:
+            final["train_loss_last10"] = float(np.mean(tail))
+    final.update(last_eval)
+    results = {
+        "config": run.config,
+        "steps": int(state.step),
+        "final": final,
+        "params_sha256": params_sha256(state.params),
+        "num_params": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(state.params))),
+        "wall_time_s": run.total_wall_time(),
+        "wall_time_this_process_s": elapsed,
+        "sessions": run.sessions(),
+        "resumed_from_step": resumed_from,
+        "checkpoints": ckpt.steps(),
+        "baseline": baseline,
+    }
+    run.results(results)
+    if run.write:
+        wd.plot_run(records, run.path / "loss.png", title=run.path.name, baseline=baseline)

@@ -78,7 +78,7 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     out = subprocess.run(_cmd("adding", killed_dir, *args), env=_env(), capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "resuming from the checkpoint of step" in out.stdout
+    assert "resumed from the checkpoint of step" in out.stdout
     assert full.wait(timeout=300) == 0
     resumed, uninterrupted = _check_outputs(killed_dir, 30), _check_outputs(tmp_path / "full", 30)
     assert resumed["resumed_from_step"] >= 2
@@ -104,7 +104,7 @@ def test_resume_from_checkpoints_in_process_is_bitwise_identical(tmp_path, capsy
     # as if killed after the save of step 2
     shutil.rmtree(ck / "4"), shutil.rmtree(ck / "6"), (wd / "results.json").unlink()
     again = adding.main(args)
-    assert "resuming from the checkpoint of step 2" in capsys.readouterr().out
+    assert "resumed from the checkpoint of step 2" in capsys.readouterr().out
     assert again["resumed_from_step"] == 2 and again["params_sha256"] == full["params_sha256"]
     # a damaged newest checkpoint: warned about by name, the one before is used
     for root, _, files in os.walk(ck / "6" / "state"):
@@ -113,9 +113,9 @@ def test_resume_from_checkpoints_in_process_is_bitwise_identical(tmp_path, capsy
     with pytest.warns(RuntimeWarning, match=r"checkpoints[/\\]6 \(step 6\)"):
         third = adding.main(args)
     assert third["resumed_from_step"] == 4 and third["params_sha256"] == full["params_sha256"]
-    # a workdir made with another config is refused
-    with pytest.raises(SystemExit, match="different config"):
-        adding.main([*args[:-4], "--steps", "8"])
+    # a workdir made with another config is refused, naming the flag; cadence flags may change
+    with pytest.raises(SystemExit, match=r"different config \(differing keys \['lr'\]"):
+        adding.main([*args, "--lr", "0.05"])
 
 
 def test_nonfinite_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):

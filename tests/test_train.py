@@ -323,6 +323,6 @@ def test_fit_bad_arguments():
     with pytest.raises(ValueError, match="log_every"):
         fit(state, step_fn, lambda t: None, steps=2, log_every=0)
     with pytest.raises(ValueError, match="eval_fn and eval_batches"):
-        fit(state, step_fn, lambda t: None, steps=2, eval_fn=lambda p, b: {})
+        fit(state, step_fn, lambda t: None, steps=2, eval_batches=[None])
     with pytest.raises(TypeError, match="state"):
         fit(params, step_fn, lambda t: None, steps=2)
