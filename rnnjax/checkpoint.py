@@ -111,7 +111,9 @@ def state_to_tree(state: Any) -> tuple[dict[str, Any], list[str]]:
     for i, (path, leaf) in enumerate(flat):
         if _is_typed_key(leaf):
             leaf = jax.random.key_data(leaf)
-        leaves[f"{i:06d}"] = jnp.asarray(leaf)
+        # several processes: host NumPy copies (orbax writes them once, from the primary process);
+        # the engine passes each process's copy of replicated or gathered arrays
+        leaves[f"{i:06d}"] = np.asarray(leaf) if jax.process_count() > 1 else jnp.asarray(leaf)
         paths.append(jax.tree_util.keystr(path))
     return leaves, paths
 
@@ -243,7 +245,10 @@ class Checkpointer:
             raise ValueError(f"the checkpoint {path} holds a different state structure than the "
                              f"template (a different model or optimizer config?); first "
                              f"differences: {diff[:5]}")
-        abstract = {k: _abstract(v) for k, v in leaves_t.items()}
+        if jax.process_count() > 1:  # restore host copies; the engine places them on the devices
+            abstract = {k: np.empty(np.shape(v), np.asarray(v).dtype) for k, v in leaves_t.items()}
+        else:
+            abstract = {k: _abstract(v) for k, v in leaves_t.items()}
         try:
             restored = self._manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]

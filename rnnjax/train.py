@@ -556,6 +556,18 @@ class _Placement:
             return multihost_utils.host_local_array_to_global_array(state, self.mesh, P())
         return jax.device_put(state, replicated)
 
+    def to_host(self, state: Any) -> Any:
+        """A replicated state as this process's local copy (to save, hash or return)."""
+        if self.mesh is None or jax.process_count() == 1:
+            return state
+
+        def local(x):
+            if isinstance(x, jax.Array) and not x.is_fully_addressable:
+                return x.addressable_data(0)
+            return x
+
+        return jax.tree.map(local, state)
+
     def batch(self, batch: Any) -> Any:
         """Inside a program: constrain every batch leaf to be sharded along its batch axis."""
         if self.mesh is None:
@@ -888,7 +900,7 @@ def fit(
             if log is not None:
                 log.flush()
             if ckpt is not None and (t % ckpt_every == 0 or t == steps) and (streak == 0 or t == steps):
-                ckpt.save(state)
+                ckpt.save(placement.to_host(state))
             if run is not None:
                 run.progress(start, t)
             bar.set_postfix(post, refresh=False)
@@ -906,7 +918,7 @@ def fit(
     if run is not None:
         if jit_eval is not None and not last_eval and int(state.step) >= steps:
             last_eval = evaluate_now(state.params)  # resumed at the end: evaluate what was restored
-        _write_fit_results(run, ckpt, state, records + new_records, last_eval, resumed_from,
+        _write_fit_results(run, ckpt, placement.to_host(state), records + new_records, last_eval, resumed_from,
                            baseline, time.time() - t_start)
         ckpt.close()
     return state, history
