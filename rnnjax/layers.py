@@ -6,6 +6,7 @@ Everything here returns a :class:`rnnjax.Cell`, a :class:`Layer` (a NamedTuple o
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax import initializers as inits
-from rnnjax.cells._common import check_input, check_size, rows, split_keys
+from rnnjax.cells._common import check_batch_shape, check_input, check_size, rows, split_keys
 from rnnjax.types import Array, Carry, Cell, Initializer, Params, PRNGKey
 from rnnjax.unroll import _sequential, unroll
 
@@ -74,13 +75,14 @@ def stack(*cells: Cell) -> Cell:
             new.append(h)
         return tuple(new), x
 
-    def sequence(params, carry, xs, *, mask, reverse, unroll):
+    def sequence(params, carry, xs, *, mask, reverse, unroll, resets=None, reset_carry=None):
         _check_layers(params, len(cells))
         if not isinstance(carry, tuple) or len(carry) != len(cells):
             raise ValueError(f"carry must be a tuple of {len(cells)} layer carries")
         new = []
-        for c, p, h in zip(cells, params, carry):
-            h, xs = _sequential(c, p, reverse=reverse, unroll=unroll, remat=False)(h, xs, mask)
+        for k, (c, p, h) in enumerate(zip(cells, params, carry)):
+            h0 = None if reset_carry is None else reset_carry[k]  # each layer restarts from its own
+            h, xs = _sequential(c, p, reverse=reverse, unroll=unroll, remat=False)(h, xs, mask, resets, h0)
             new.append(h)
         return tuple(new), xs
 
@@ -154,7 +156,7 @@ def bidirectional(fwd: Cell, bwd: Cell, merge: str | Callable[[Array, Array], Ar
 
 def dense(output_size: int, *, kernel_init: Initializer = inits.glorot_uniform,
           bias_init: Initializer = inits.zeros, dtype=jnp.float32) -> Layer:
-    """Dense readout ``y = x W + b`` (the seeds' ``y_t = W_y h_t + b_y``).
+    """Dense readout ``y = x W + b`` (the readout ``y_t = W_y h_t + b_y`` of an Elman network).
 
     Params: ``w [D, O]``, ``b [O]``. ``x`` has shape ``[..., D]`` (apply it to ``ys`` of any rank).
     """
@@ -251,3 +253,61 @@ def map_output(cell: Cell, fn: Callable[[Array], Array]) -> Cell:
         return carry, fn(y)
 
     return Cell(cell.init, cell.initial_carry, apply)
+
+
+from rnnjax.attention import Attention, additive_attention, dot_product_attention, masked_softmax  # noqa: E402,F401
+
+
+def learned_initial_carry(cell: Cell) -> Cell:
+    """The same cell with a trained initial carry ``carry_0``, broadcast over the batch.
+
+    ``carry_{-1} = carry0`` for every sequence (instead of zeros), where ``carry0`` is a parameter
+    with the shape of one sequence's carry (the cell's zero carry at initialisation, so training
+    starts from the plain cell), learned by gradient descent like any weight. ``unroll(cell,
+    params, xs)`` with no ``carry`` then starts from ``carry0``, and ``resets`` restore it.
+
+    Params: ``{"cell": <the cell's params>, "carry0": <one carry, batch shape ()>}``.
+    Carry: the cell's. The cell's fast paths (``prepare``, ``sequence``, ``linear``) are kept.
+
+    Args:
+      cell: any :class:`rnnjax.Cell`.
+
+    Returns:
+      a :class:`rnnjax.Cell` whose ``initial_carry(params, batch_shape)`` is ``carry0``
+      broadcast to ``batch_shape``.
+    """
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell must be an rnnjax.Cell, got {type(cell).__name__}")
+
+    def init(key, input_size):
+        params = cell.init(key, input_size)
+        return {"cell": params, "carry0": cell.initial_carry(params, ())}
+
+    def initial_carry(params, batch_shape):
+        batch_shape = check_batch_shape(batch_shape)
+        return jax.tree_util.tree_map(lambda c: jnp.broadcast_to(c, (*batch_shape, *c.shape)),
+                                      params["carry0"])
+
+    def apply(params, carry, x):
+        return cell.apply(params["cell"], carry, x)
+
+    prepare = None
+    if cell.prepare is not None:
+        def prepare(params):
+            return {**params, "cell": cell.prepare(params["cell"])}
+
+    sequence = None
+    if cell.sequence is not None:
+        inner = cell.sequence
+
+        @functools.wraps(inner)  # keeps the inner signature: unroll sees whether it takes resets
+        def sequence(params, carry, xs, **kwargs):
+            return inner(params["cell"], carry, xs, **kwargs)
+
+    linear = None
+    if cell.linear is not None:
+        form = cell.linear
+        linear = type(form)(lambda params, xs: form.coefficients(params["cell"], xs),
+                            lambda params, carries, xs: form.readout(params["cell"], carries, xs))
+
+    return Cell(init, initial_carry, apply, linear=linear, prepare=prepare, sequence=sequence)

@@ -70,7 +70,7 @@ class LinearForm(NamedTuple):
       coefficients: ``coefficients(params, xs) -> LinearRecurrence | LogLinearRecurrence`` for
         time-major inputs ``xs [T, ..., D]``; ``a_t``, ``b_t`` may depend on ``x_t`` and params
         only (``unroll`` reorders time steps for ``reverse`` with ``lengths``). The carry must be
-        a single array ``[..., N]``.
+        a single array ``[..., N]`` (``[..., N, k]`` for a :class:`BlockLinearRecurrence`).
       readout: ``readout(params, carries, xs) -> ys``: the outputs ``[T, ..., O]`` from the
         carries after each step ``[T, ..., N]`` and the inputs ``[T, ..., D]``.
     """
@@ -101,7 +101,11 @@ class Cell(NamedTuple):
         ``sequence(params, carry, xs, *, mask, reverse, unroll) -> (carry, ys)`` over time-major
         ``xs [T, ..., D]`` with ``mask [T, ...]`` (bool, ``False`` = padded step: carry kept,
         output zero) or ``None``. It must compute exactly what a ``lax.scan`` over ``apply`` does
-        (values and gradients), only faster; ``unroll`` uses it unless ``remat=True``.
+        (values and gradients), only faster; ``unroll`` uses it unless ``remat=True``. A hook
+        that also takes ``resets=None, reset_carry=None`` keeps the fast path under
+        ``unroll(..., resets=...)``: ``resets [T, ...]`` (bool, in the order the scan runs, only
+        at valid steps) marks steps whose entering carry is ``reset_carry`` (``carry`` when
+        None); ``unroll`` falls back to a scan over ``apply`` for a hook without them.
 
     A wrapper that builds a new cell from an old one's ``apply`` (``Cell(init, initial_carry,
     apply)``) drops ``linear``, ``prepare`` and ``sequence``, which is always correct (only
@@ -131,3 +135,16 @@ class JordanState(NamedTuple):
 
 
 Initializer = Callable[[PRNGKey, tuple[int, ...], Any], Array]
+
+
+class BlockLinearRecurrence(NamedTuple):
+    """Coefficients of ``carry_t = a_t @ carry_{t-1} + b_t`` with ``N`` independent ``k x k`` blocks.
+
+    ``b`` has the carry's shape with a leading time axis, ``[T, ..., N, k]`` (real or complex);
+    ``a`` broadcasts to ``[T, ..., N, k, k]`` (e.g. ``[N, k, k]`` when time-invariant, as in
+    LinOSS, Rusch & Rus 2025, whose ``k = 2`` blocks couple an oscillator's velocity and
+    position). ``unroll(..., parallel=True)`` runs it as an associative scan of ``(a, b)`` pairs.
+    """
+
+    a: Array
+    b: Array

@@ -3,14 +3,19 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnnjax.types import Array, Carry, Cell, LinearRecurrence, LogLinearRecurrence, Params
+from rnnjax._block_scan import block_carries
+from rnnjax.types import (Array, BlockLinearRecurrence, Carry, Cell, LinearRecurrence,
+                          LogLinearRecurrence, Params)
 
 
 def _check_xs(xs: Any, time_major: bool) -> tuple[int, tuple[int, ...]]:
@@ -50,6 +55,203 @@ def _check_carry(carry: Carry, batch_shape: tuple[int, ...]) -> None:
         if tuple(leaf.shape[: len(batch_shape)]) != batch_shape or leaf.ndim <= len(batch_shape):
             raise ValueError(f"carry has a leaf of shape {leaf.shape} but xs has batch shape "
                              f"{batch_shape}; make it with cell.initial_carry(params, {batch_shape})")
+
+
+def _check_resets(resets: Any, T: int, batch_shape: tuple[int, ...], time_major: bool) -> Array:
+    """``resets`` as a time-major bool array ``[T, ...]`` (it has the layout of ``xs`` minus ``D``)."""
+    shape = (T, *batch_shape) if time_major else (*batch_shape, T)
+    if not isinstance(resets, (jax.Array, np.ndarray)):
+        raise TypeError(f"resets must be a bool array of shape {shape} (the layout of xs without "
+                        f"its last axis), got {type(resets).__name__}")
+    if resets.dtype != np.bool_:
+        raise TypeError(f"resets must have dtype bool (True = the carry entering that step is the "
+                        f"initial carry), got {resets.dtype}")
+    if tuple(resets.shape) != shape:
+        raise ValueError(f"resets must have shape {shape} (the layout of xs without its last "
+                         f"axis), got {tuple(resets.shape)}")
+    resets = jnp.asarray(resets)
+    return resets if time_major else jnp.moveaxis(resets, -1, 0)
+
+
+# ------------------------------------------------------------------------ params and dtypes
+
+# init functions that need concrete values cannot be traced by ``jax.eval_shape``; their params
+# are then not checked (never a false error).
+_CONCRETE_ERRORS = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+                    jax.errors.TracerIntegerConversionError, jax.errors.TracerBoolConversionError)
+
+
+def _expected_params_uncached(cell: Cell, input_size: int):
+    try:
+        raw = jax.eval_shape(lambda k: cell.init(k, input_size), jax.random.key(0))
+    except _CONCRETE_ERRORS:
+        return None, None
+    prepared = None
+    if cell.prepare is not None:
+        try:
+            prepared = jax.eval_shape(cell.prepare, raw)
+        except Exception:  # noqa: BLE001 - only an alternative form; the raw form is checked
+            prepared = None
+    return raw, prepared
+
+
+_expected_params_cached = functools.lru_cache(maxsize=256)(_expected_params_uncached)
+
+
+def _expected_params(cell: Cell, input_size: int):
+    """``(raw, prepared)``: the shapes of ``cell.init(key, input_size)`` (and of ``prepare`` of it).
+
+    Shapes only (``jax.eval_shape``: nothing is computed), cached per cell and input size, so the
+    check costs nothing at run time and one trace of ``init`` per cell at trace time.
+    """
+    try:
+        hash(cell)
+    except TypeError:
+        return _expected_params_uncached(cell, input_size)
+    return _expected_params_cached(cell, input_size)
+
+
+def _fmt_shape(s) -> str:
+    return str(tuple(s))
+
+
+def _match_params(expected, given, path: str, errors: list, shape_pairs: list) -> None:
+    """Compare ``given`` with the ``ShapeDtypeStruct`` tree ``expected``; append messages to ``errors``."""
+    if expected is None:
+        if given is not None:
+            errors.append(f"{path} should be None, found {type(given).__name__}")
+        return
+    if isinstance(expected, jax.ShapeDtypeStruct):
+        if isinstance(given, (int, float, complex)) and not isinstance(given, bool):
+            shape, dtype = (), np.result_type(given)
+        elif hasattr(given, "shape") and hasattr(given, "dtype"):
+            shape, dtype = tuple(given.shape), given.dtype
+        else:
+            errors.append(f"{path} must be an array of shape {_fmt_shape(expected.shape)}, found "
+                          f"{type(given).__name__}")
+            return
+        if shape != tuple(expected.shape):
+            errors.append(f"{path} has shape {_fmt_shape(shape)}, expected "
+                          f"{_fmt_shape(expected.shape)}")
+            shape_pairs.append((tuple(expected.shape), shape))
+            return
+        want_complex = jnp.issubdtype(expected.dtype, jnp.complexfloating)
+        if jnp.issubdtype(expected.dtype, jnp.inexact) and not (
+                jnp.issubdtype(dtype, jnp.complexfloating) if want_complex
+                else jnp.issubdtype(dtype, jnp.floating)):
+            errors.append(f"{path} has dtype {dtype}, expected a "
+                          f"{'complex' if want_complex else 'real floating'} dtype like "
+                          f"{expected.dtype}")
+        return
+    if isinstance(expected, Mapping):
+        if not isinstance(given, Mapping):
+            errors.append(f"{path} must be a dict with keys {sorted(map(str, expected))}, found "
+                          f"{type(given).__name__}")
+            return
+        for k, e in expected.items():
+            if k not in given:
+                leaf = e.shape if isinstance(e, jax.ShapeDtypeStruct) else None
+                errors.append(f"{path}[{k!r}] is missing" +
+                              ("" if leaf is None else f" (expected shape {_fmt_shape(leaf)})"))
+            else:
+                _match_params(e, given[k], f"{path}[{k!r}]", errors, shape_pairs)
+        for k in given:
+            if k not in expected:
+                shape = getattr(given[k], "shape", None)
+                errors.append(f"{path}[{k!r}] is not a parameter of this cell" +
+                              ("" if shape is None else f" (found shape {_fmt_shape(shape)})"))
+        return
+    if isinstance(expected, (tuple, list)):
+        if not isinstance(given, (tuple, list)) or len(given) != len(expected):
+            n = len(given) if isinstance(given, (tuple, list)) else None
+            errors.append(f"{path} must be a sequence of {len(expected)} entries, found "
+                          + (f"{n} entries" if n is not None else type(given).__name__))
+            return
+        fields = getattr(expected, "_fields", None)
+        for i, (e, g) in enumerate(zip(expected, given)):
+            sub = f"{path}.{fields[i]}" if fields else f"{path}[{i}]"
+            _match_params(e, g, sub, errors, shape_pairs)
+        return
+    # another pytree node type: compare structure and leaf shapes
+    e_leaves, e_def = jax.tree_util.tree_flatten(expected)
+    g_leaves, g_def = jax.tree_util.tree_flatten(given)
+    if e_def != g_def:
+        errors.append(f"{path} has structure {g_def}, expected {e_def}")
+        return
+    for i, (e, g) in enumerate(zip(e_leaves, g_leaves)):
+        _match_params(e, g, f"{path}<leaf {i}>", errors, shape_pairs)
+
+
+def _param_errors(expected, params) -> tuple[list, list]:
+    errors, pairs = [], []
+    _match_params(expected, params, "params", errors, pairs)
+    return errors, pairs
+
+
+def _check_params(cell: Cell, params: Params, input_size: int) -> None:
+    """Raise a ``ValueError`` naming the parameter if ``params`` do not fit ``cell``.
+
+    The expected structure and shapes are those of ``cell.init(key, input_size)`` (or, for a cell
+    with a ``prepare`` hook, of ``prepare`` of them); missing and extra entries are errors too.
+    Dtypes may differ in precision (see :func:`_param_dtype`), not in kind.
+    """
+    raw, prepared = _expected_params(cell, input_size)
+    if raw is None:
+        return
+    errors, pairs = _param_errors(raw, params)
+    if not errors or (prepared is not None and not _param_errors(prepared, params)[0]):
+        return
+    name = _cell_name(cell)
+    lead = f"params do not fit the {name!r} cell for input size {input_size}"
+    if len(pairs) == len(errors):  # shapes only: did the params come from another input size?
+        found = {g[i] for e, g in pairs if len(e) == len(g) for i in range(len(e)) if e[i] != g[i]}
+        wanted = {e[i] for e, g in pairs if len(e) == len(g) for i in range(len(e)) if e[i] != g[i]}
+        if (all(len(e) == len(g) for e, g in pairs) and wanted == {input_size}
+                and len(found) == 1):
+            lead = (f"xs has last dim {input_size} but the params expect input size "
+                    f"{found.pop()}")
+    shown = "; ".join(errors[:6]) + (f"; and {len(errors) - 6} more" if len(errors) > 6 else "")
+    raise ValueError(f"{lead}: {shown}. Make params with cell.init(key, {input_size}) for this "
+                     f"cell.")
+
+
+def _param_dtype(params: Params):
+    """The computation dtype: the one real floating dtype of the params (``None`` if they have none).
+
+    Complex leaves (e.g. a learned LRU carry) do not count. Params of several floating dtypes are
+    refused: the cell would silently compute in the widest one and its carry would change dtype.
+    """
+    found: dict = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        dt = getattr(leaf, "dtype", None)
+        if dt is not None and jnp.issubdtype(dt, jnp.floating):
+            found.setdefault(jnp.dtype(dt), jax.tree_util.keystr(path))
+    if len(found) > 1:
+        listed = ", ".join(f"params{p} is {d}" for d, p in found.items())
+        raise ValueError(f"params mix floating dtypes ({listed}); a cell computes in its params' "
+                         f"dtype, so give all of them one dtype, e.g. "
+                         f"jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)")
+    return next(iter(found)) if found else None
+
+
+def _check_carry_dtype(cell: Cell, params: Params, carry: Carry, batch_shape: tuple[int, ...]) -> None:
+    """The given carry must have the dtypes of ``cell.initial_carry(params, batch_shape)``."""
+    try:
+        expected = jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params)
+    except _CONCRETE_ERRORS:
+        return
+    e_leaves, g_leaves = jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(carry)
+    if len(e_leaves) != len(g_leaves):
+        raise ValueError(f"carry has {len(g_leaves)} arrays but the {_cell_name(cell)!r} cell's "
+                         f"carry has {len(e_leaves)}; make it with cell.initial_carry(params, "
+                         f"{batch_shape})")
+    for path_leaf, e in zip(jax.tree_util.tree_flatten_with_path(carry)[0], e_leaves):
+        path, g = path_leaf
+        if jnp.dtype(g.dtype) != jnp.dtype(e.dtype):
+            raise TypeError(f"carry{jax.tree_util.keystr(path)} has dtype {g.dtype} but the "
+                            f"{_cell_name(cell)!r} cell's carry is {e.dtype} for these params (a "
+                            f"cell computes in its params' dtype); make the carry with "
+                            f"cell.initial_carry(params, {batch_shape}) or cast it")
 
 
 def _select(mask: Array, new: Carry, old: Carry) -> Carry:
@@ -118,16 +320,32 @@ def _log_combine(earlier, later):
     return la1 + la2, jnp.logaddexp(lb1 + la2, lb2)
 
 
+def _log_combine_reset(earlier, later):
+    # A segmented scan: a reset flag on ``later`` starts a new segment (its own (log a, log b)).
+    # Both branches stay finite, so ``where`` passes no NaN cotangent.
+    r1, la1, lb1 = earlier
+    r2, la2, lb2 = later
+    la = jnp.where(r2, la2, la1 + la2)
+    lb = jnp.where(r2, lb2, jnp.logaddexp(lb1 + la2, lb2))
+    return r1 | r2, la, lb
+
+
 def _parallel_unroll(cell: Cell, params: Params, xs: Array, carry: Array, reverse: bool,
-                     lengths: Array | None) -> tuple[Array, Array]:
-    """Forward-order associative scan over time-major ``xs [T, ..., D]`` (``T >= 1``)."""
+                     lengths: Array | None, resets: Array | None = None) -> tuple[Array, Array]:
+    """Forward-order associative scan over time-major ``xs [T, ..., D]`` (``T >= 1``).
+
+    ``resets [T, ...]`` (bool, in the time order of ``xs``, already shifted for ``reverse`` by
+    ``unroll``): where true, that step starts from ``carry`` (``a_t = 0``, ``b_t + a_t carry``).
+    """
     T = xs.shape[0]
     idx = None
     if reverse and lengths is not None:
         idx = _reverse_index(lengths, T)
         xs = _take_time(xs, idx)
+        resets = None if resets is None else _take_time(resets, idx)
     elif reverse:
         xs = xs[::-1]
+        resets = None if resets is None else resets[::-1]
     rec = cell.linear.coefficients(params, xs)
     valid = None
     if lengths is not None:
@@ -140,7 +358,12 @@ def _parallel_unroll(cell: Cell, params: Params, xs: Array, carry: Array, revers
             log_a = jnp.where(_bcast(valid, log_a), log_a, jnp.zeros_like(log_a))
             neg = jnp.full_like(log_b, jnp.finfo(log_b.dtype).min / 4)
             log_b = jnp.where(_bcast(valid, log_b), log_b, neg)
-        cum_log_a, log_h = jax.lax.associative_scan(_log_combine, (log_a, log_b), axis=0)
+        if resets is None:
+            cum_log_a, log_h = jax.lax.associative_scan(_log_combine, (log_a, log_b), axis=0)
+        else:  # segments restart the products: carry_t = exp(Σ_seg log a) carry + exp(log h_seg)
+            r = jnp.broadcast_to(_bcast(resets, log_b), log_b.shape)
+            _, cum_log_a, log_h = jax.lax.associative_scan(_log_combine_reset, (r, log_a, log_b),
+                                                           axis=0)
         carries = jnp.exp(cum_log_a) * carry[None] + jnp.exp(log_h)
     elif isinstance(rec, LinearRecurrence):
         b = rec.b
@@ -148,11 +371,17 @@ def _parallel_unroll(cell: Cell, params: Params, xs: Array, carry: Array, revers
         if valid is not None:
             a = jnp.where(_bcast(valid, a), a, jnp.ones_like(a))
             b = jnp.where(_bcast(valid, b), b, jnp.zeros_like(b))
+        if resets is not None:  # a reset step starts from the initial carry: a = 0, b + a carry
+            r = _bcast(resets, b)
+            b = jnp.where(r, b + a * carry[None], b)
+            a = jnp.where(r, jnp.zeros_like(a), a)
         b = b.at[0].add(a[0] * carry)  # fold the initial carry into the first step
         _, carries = jax.lax.associative_scan(_combine, (a, b), axis=0)
+    elif isinstance(rec, BlockLinearRecurrence):  # k x k blocks (LinOSS), see _block_scan
+        carries = block_carries(rec, carry, valid, resets)
     else:
-        raise TypeError(f"{_cell_name(cell)}.linear.coefficients must return a "
-                        f"LinearRecurrence or LogLinearRecurrence, got {type(rec).__name__}")
+        raise TypeError(f"{_cell_name(cell)}.linear.coefficients must return a LinearRecurrence, "
+                        f"LogLinearRecurrence or BlockLinearRecurrence, got {type(rec).__name__}")
     carries = carries.astype(carry.dtype)
     ys = cell.linear.readout(params, carries, xs)
     if valid is not None:
@@ -164,21 +393,51 @@ def _parallel_unroll(cell: Cell, params: Params, xs: Array, carry: Array, revers
     return carries[-1], ys
 
 
+def _accepts_resets(fn) -> bool:
+    """Whether a ``Cell.sequence`` hook takes ``resets=`` (hooks written before resets do not)."""
+    try:
+        ps = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "resets" in ps or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in ps.values())
+
+
 def _sequential(cell: Cell, params: Params, *, reverse: bool, unroll: int | bool, remat: bool):
-    """``run(carry, xs, mask) -> (carry, ys)``: the cell's fused path, or a ``lax.scan`` of ``apply``."""
-    if cell.sequence is not None and not remat:
-        return lambda c, xs, mask: cell.sequence(params, c, xs, mask=mask, reverse=reverse, unroll=unroll)
+    """``run(carry, xs, mask, resets=None, reset_carry=None) -> (carry, ys)``.
 
-    def step(c, inp):
-        x, m = inp
-        new_c, y = cell.apply(params, c, x)
-        if m is None:
-            return new_c, y
-        return _select(m, new_c, c), jnp.where(_bcast(m, y), y, jnp.zeros_like(y))
+    The cell's fused path, or a ``lax.scan`` of ``apply``. ``mask [T, ...]``: False = padded step
+    (carry kept, output zero). ``resets [T, ...]``: True = the carry entering that step (in the
+    order the scan runs) is ``reset_carry`` (``carry`` if None).
+    """
 
-    if remat:
-        step = jax.checkpoint(step)
-    return lambda c, xs, mask: jax.lax.scan(step, c, (xs, mask), reverse=reverse, unroll=unroll)
+    def scan_run(c, xs, mask, resets=None, reset_carry=None):
+        c0 = c if reset_carry is None else reset_carry
+
+        def step(c, inp):
+            x, m, r = inp
+            c_in = c if r is None else _select(r, c0, c)
+            new_c, y = cell.apply(params, c_in, x)
+            if m is None:
+                return new_c, y
+            return _select(m, new_c, c), jnp.where(_bcast(m, y), y, jnp.zeros_like(y))
+
+        if remat:
+            step = jax.checkpoint(step)
+        return jax.lax.scan(step, c, (xs, mask, resets), reverse=reverse, unroll=unroll)
+
+    if cell.sequence is None or remat:
+        return scan_run
+    sequence = cell.sequence
+
+    def fused_run(c, xs, mask, resets=None, reset_carry=None):
+        if resets is None:
+            return sequence(params, c, xs, mask=mask, reverse=reverse, unroll=unroll)
+        if _accepts_resets(sequence):
+            return sequence(params, c, xs, mask=mask, reverse=reverse, unroll=unroll,
+                            resets=resets, reset_carry=reset_carry)
+        return scan_run(c, xs, mask, resets, reset_carry)  # a hook without resets: plain scan
+
+    return fused_run
 
 
 def _check_chunk(remat_chunk: Any, T: int) -> int:
@@ -189,7 +448,8 @@ def _check_chunk(remat_chunk: Any, T: int) -> int:
     return int(remat_chunk)
 
 
-def _chunked(run, carry, xs, mask, k: int, reverse: bool, batch_shape: tuple[int, ...]):
+def _chunked(run, carry, xs, mask, k: int, reverse: bool, batch_shape: tuple[int, ...],
+             resets: Array | None = None):
     """Run ``run`` over chunks of ``k`` steps, each chunk rematerialised in the backward pass."""
     T = xs.shape[0]
     n = -(-T // k)
@@ -199,9 +459,16 @@ def _chunked(run, carry, xs, mask, k: int, reverse: bool, batch_shape: tuple[int
             mask = jnp.ones((T,) + batch_shape, bool)
         xs = jnp.concatenate([xs, jnp.zeros((pad,) + xs.shape[1:], xs.dtype)])
         mask = jnp.concatenate([mask, jnp.zeros((pad,) + mask.shape[1:], bool)])
-    chunks = (xs.reshape((n, k) + xs.shape[1:]),
-              None if mask is None else mask.reshape((n, k) + mask.shape[1:]))
-    body = jax.checkpoint(lambda c, inp: run(c, *inp))
+        if resets is not None:
+            resets = jnp.concatenate([resets, jnp.zeros((pad,) + resets.shape[1:], bool)])
+
+    def split(a):
+        return None if a is None else a.reshape((n, k) + a.shape[1:])
+
+    chunks = (split(xs), split(mask), split(resets))
+    carry0 = carry  # a reset inside any chunk restores the carry of the whole sequence
+    body = jax.checkpoint(lambda c, inp: run(c, inp[0], inp[1], inp[2],
+                                             None if inp[2] is None else carry0))
     carry, ys = jax.lax.scan(body, carry, chunks, reverse=reverse)
     return carry, ys.reshape((n * k,) + ys.shape[2:])[:T]
 
@@ -215,6 +482,7 @@ def unroll(
     time_major: bool = True,
     reverse: bool = False,
     lengths: Array | None = None,
+    resets: Array | None = None,
     unroll: int | bool = 1,
     remat: bool = False,
     remat_chunk: int | str | None = None,
@@ -227,7 +495,9 @@ def unroll(
 
     Args:
       cell: a :class:`rnnjax.Cell`.
-      params: the cell's params.
+      params: the cell's params. They are checked once (at trace time, from the shapes of
+        ``cell.init(key, D)``): params that do not fit the cell, missing or extra entries raise a
+        ``ValueError`` naming the parameter and the expected and found shapes.
       xs: inputs ``[T, ..., D]`` when ``time_major`` (e.g. ``[T, B, D]`` or ``[T, D]``), else
         ``[..., T, D]`` (e.g. ``[B, T, D]``).
       carry: initial carry with leading batch shape ``...``; ``cell.initial_carry`` (zeros) if None.
@@ -236,7 +506,16 @@ def unroll(
         within its valid part: the cell consumes ``x[len-1], ..., x[0]``.
       lengths: int array of the batch shape, each in ``[0, T]``. Steps ``t >= lengths`` leave the
         carry unchanged and output zeros, so the final carry is each sequence's carry at its last
-        valid step.
+        valid step. Padded steps are inert: their inputs (NaN, inf, anything) are replaced by
+        zeros before any path sees them, so nothing in them reaches outputs, carries or gradients.
+      resets: bool array with the layout of ``xs`` minus its last axis (``[T, ...]`` time-major,
+        ``[..., T]`` otherwise). Where ``resets[t, b]`` is true, sequence ``b`` starts a new
+        segment at step ``t`` (an episode boundary, a new document in a packed sequence): the
+        carry entering step ``t`` is the initial carry (``carry``, or ``initial_carry`` zeros),
+        so the result equals running each segment separately from that carry. ``resets`` always
+        marks segment *starts in the original time order*; with ``reverse=True`` each segment is
+        run backwards on its own (the carry is reset on entering a segment's last step), and the
+        final carry is that of the first segment. ``resets`` at padded steps are ignored.
       unroll: passed to ``lax.scan`` (steps unrolled per loop iteration); unused by the
         parallel path.
       remat: wrap the step in ``jax.checkpoint`` (recompute activations in the backward pass);
@@ -247,12 +526,18 @@ def unroll(
         ``ceil(sqrt(T))`` steps, memory ``O(sqrt(T))`` for one extra forward pass). ``T`` need not
         be a multiple: the last chunk is padded with masked steps. Sequential path only.
       parallel: ``True`` runs the associative-scan path (``jax.lax.associative_scan``, depth
-        ``O(log T)``) of a cell with a linear form (``cell.linear``: LRU, minGRU, minLSTM), with the
-        same ``reverse`` and ``lengths`` semantics and the same values and gradients as the
-        sequential scan (up to float rounding); a ``ValueError`` for any other cell. ``False``
-        runs ``lax.scan``. ``None`` picks: parallel for cells with a linear form on GPU/TPU when
-        ``T >= PARALLEL_MIN_STEPS[backend]`` (64), sequential otherwise and always on CPU
-        (where ``lax.scan`` measured faster).
+        ``O(log T)``) of a cell with a linear form (``cell.linear``: LRU, minGRU, minLSTM,
+        LinOSS, RG-LRU), with the same ``reverse``, ``lengths`` and ``resets`` semantics and the
+        same values and gradients as the sequential scan (up to float rounding); a ``ValueError``
+        for any other cell.
+        ``False`` runs ``lax.scan``. ``None`` picks: parallel for cells with a linear form on
+        GPU/TPU when ``T >= PARALLEL_MIN_STEPS[backend]`` (64), sequential otherwise and always on
+        CPU (where ``lax.scan`` measured faster).
+
+    Dtypes: a cell computes in its params' dtype (all floating params must share one dtype).
+    Floating ``xs`` of another dtype are cast to it (float16 inputs with float32 params compute
+    and return float32; float32 inputs with bfloat16 params compute in bfloat16). A given
+    ``carry`` must have the dtypes of ``cell.initial_carry(params, ...)``, else a ``TypeError``.
 
     If the cell has a ``prepare`` hook, ``unroll`` calls it once on ``params`` before the loop.
 
@@ -265,18 +550,26 @@ def unroll(
     T, batch_shape = _check_xs(xs, time_major)
     if not time_major:
         xs = jnp.moveaxis(xs, -2, 0)
+    _check_params(cell, params, xs.shape[-1])
+    dtype = _param_dtype(params)
+    if dtype is not None and jnp.issubdtype(xs.dtype, jnp.floating) and xs.dtype != dtype:
+        xs = jnp.asarray(xs).astype(dtype)
     if carry is None:
         carry = cell.initial_carry(params, batch_shape)
     else:
         _check_carry(carry, batch_shape)
+        _check_carry_dtype(cell, params, carry, batch_shape)
     if lengths is not None:
         lengths = _check_lengths(lengths, T, batch_shape)
+    if resets is not None:
+        resets = _check_resets(resets, T, batch_shape, time_major)
     if parallel is not None and not isinstance(parallel, bool):
         raise TypeError(f"parallel must be True, False or None, got {parallel!r}")
     if parallel and cell.linear is None:
         raise ValueError(f"parallel=True needs a cell whose recurrence is linear in the carry "
                          f"(cell.linear), but the {_cell_name(cell)!r} cell has none; such cells "
-                         f"are lru, mingru, minlstm. Use parallel=False or None.")
+                         f"are lru, mingru, minlstm, linoss, rglru and mlstm(stabilize=False). "
+                         f"Use parallel=False or None.")
     if parallel and remat_chunk is not None:
         raise ValueError("remat_chunk applies to the sequential path only; parallel=True has no "
                          "chunks (use remat=True to checkpoint the whole associative scan)")
@@ -284,11 +577,24 @@ def unroll(
         parallel = remat_chunk is None and _auto_parallel(cell, T)
     if cell.prepare is not None:
         params = cell.prepare(params)
+
+    mask = None
+    if lengths is not None:
+        mask = jnp.arange(T).reshape((T,) + (1,) * len(batch_shape)) < lengths[None]
+        # Padded inputs become zeros before any path sees them: f(0) is finite, so the masked
+        # selection passes a zero (not a NaN) cotangent into the unused branch.
+        xs = jnp.where(mask[..., None], xs, jnp.zeros((), xs.dtype))
+    if resets is not None and T > 0:
+        if reverse:  # entering step t backwards = leaving step t + 1: reset where t + 1 starts
+            resets = jnp.concatenate([resets[1:], jnp.zeros((1,) + resets.shape[1:], bool)])
+        if mask is not None:
+            resets = resets & mask
+
     if parallel and T > 0:
         if not isinstance(carry, (jax.Array, np.ndarray)):
             raise TypeError(f"the parallel path needs a single-array carry, got "
                             f"{type(carry).__name__}")
-        run = lambda p, x, c: _parallel_unroll(cell, p, x, c, reverse, lengths)  # noqa: E731
+        run = lambda p, x, c: _parallel_unroll(cell, p, x, c, reverse, lengths, resets)  # noqa: E731
         if remat:
             run = jax.checkpoint(run)
         carry, ys = run(params, xs, jnp.asarray(carry))
@@ -296,14 +602,12 @@ def unroll(
             ys = jnp.moveaxis(ys, 0, -2)
         return carry, ys
 
-    mask = None
-    if lengths is not None:
-        mask = jnp.arange(T).reshape((T,) + (1,) * len(batch_shape)) < lengths[None]
     run = _sequential(cell, params, reverse=reverse, unroll=unroll, remat=remat)
     if remat_chunk is None or T == 0:
-        carry, ys = run(carry, xs, mask)
+        carry, ys = run(carry, xs, mask, resets)
     else:
-        carry, ys = _chunked(run, carry, xs, mask, _check_chunk(remat_chunk, T), reverse, batch_shape)
+        carry, ys = _chunked(run, carry, xs, mask, _check_chunk(remat_chunk, T), reverse,
+                             batch_shape, resets)
     if not time_major:
         ys = jnp.moveaxis(ys, 0, -2)
     return carry, ys

@@ -11,7 +11,10 @@ cell allows it (no peepholes; tanh candidate). They compute the same function wi
   (``dW_h = H_prev^T dZ``, ``dW_x = X^T dZ``) instead of a ``[H, nH]`` accumulation per step.
 
 Inputs are time-major with one flattened batch axis: ``xs [T, B, D]``, ``mask [T, B]`` (bool or None;
-``False`` steps keep the carry and output zeros), ``reverse`` scans from the last step.
+``False`` steps keep the carry and output zeros), ``resets [T, B]`` (bool or None; ``True``: the
+carry entering that step, in scan order, is the reset carry ``hr``/``cr``, whose gradient is the
+sum of the gradients of the carries entering the reset steps), ``reverse`` scans from the last step.
+A reset step must be a valid step (the ``sequence`` hooks below AND it with the mask).
 """
 
 from __future__ import annotations
@@ -38,6 +41,22 @@ def _where(m, a, b):
     return a if m is None else jnp.where(m[..., None], a, b)
 
 
+def _reset(r, carry0, h):
+    """``carry0`` where ``r`` (the carry entering a reset step), else ``h``; ``r = None``: ``h``."""
+    return h if r is None else jnp.where(r[..., None], carry0, h)
+
+
+def _take_reset(r, acc, d):
+    """Backward of :func:`_reset`: add ``d`` at reset rows to ``acc``, pass zero there to ``h``."""
+    if r is None:
+        return acc, d
+    return acc + jnp.where(r[..., None], d, jnp.zeros_like(d)), jnp.where(r[..., None], jnp.zeros_like(d), d)
+
+
+def _zeros_or_none(x):
+    return None if x is None else jnp.zeros_like(x)
+
+
 def _flat_matmul(a: jax.Array, w: jax.Array) -> jax.Array:
     """``[T, B, K] @ [K, N]`` as one 2-D matmul."""
     T, B, K = a.shape
@@ -57,7 +76,7 @@ def _lstm_scale(H: int, dtype) -> jax.Array:
     return jnp.concatenate([half, half, jnp.ones((H,), dtype), half])  # gates (i, f, g, o)
 
 
-def _lstm_forward(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask, save=True):
+def _lstm_forward(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask, resets, hr, cr, save=True):
     H = h0.shape[-1]
     s = _lstm_scale(H, w_h.dtype)
     gx = _flat_matmul(xs, w_x * s[None, :])
@@ -66,17 +85,18 @@ def _lstm_forward(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask, save=True):
 
     def step(carry, inp):
         h, c = carry
-        g_t, m = inp
-        t = jnp.tanh(g_t + h @ w_hs)
+        g_t, m, rs = inp
+        h_in, c_in = _reset(rs, hr, h), _reset(rs, cr, c)
+        t = jnp.tanh(g_t + h_in @ w_hs)
         ti, tf, tg, to = jnp.split(t, 4, axis=-1)
-        c_new = (0.5 + 0.5 * tf) * c + (0.5 + 0.5 * ti) * tg
+        c_new = (0.5 + 0.5 * tf) * c_in + (0.5 + 0.5 * ti) * tg
         h_new = (0.5 + 0.5 * to) * jnp.tanh(c_new)
         h_new, c_new = _where(m, h_new, h), _where(m, c_new, c)
         if not save:  # inference: emit the outputs only
             return (h_new, c_new), _where(m, h_new, jnp.zeros_like(h_new))
         return (h_new, c_new), (h_new, c_new, t)
 
-    (hT, cT), out = jax.lax.scan(step, (h0, c0), (gx, mask), reverse=reverse, unroll=unroll)
+    (hT, cT), out = jax.lax.scan(step, (h0, c0), (gx, mask, resets), reverse=reverse, unroll=unroll)
     if not save:
         return (hT, cT, out), None
     hs, cs, ts = out
@@ -85,28 +105,34 @@ def _lstm_forward(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask, save=True):
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def lstm_scan(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask):
-    """Fused LSTM over ``xs [T, B, D]``: returns ``(h_T, c_T, ys [T, B, H])``."""
-    return _lstm_forward(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask, save=False)[0]
+def lstm_scan(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask, resets=None, hr=None, cr=None):
+    """Fused LSTM over ``xs [T, B, D]``: returns ``(h_T, c_T, ys [T, B, H])``.
+
+    ``resets [T, B]`` (or None) with the reset carry ``hr, cr [B, H]`` (see the module docstring).
+    """
+    return _lstm_forward(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask, resets, hr, cr,
+                         save=False)[0]
 
 
-def _lstm_fwd(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask):
-    out, (hs, cs, ts) = _lstm_forward(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask)
-    return out, (w_x, w_h, h0, c0, xs, mask, hs, cs, ts)
+def _lstm_fwd(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask, resets=None, hr=None, cr=None):
+    out, (hs, cs, ts) = _lstm_forward(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask, resets, hr, cr)
+    return out, (w_x, w_h, h0, c0, xs, mask, resets, hr, cr, hs, cs, ts)
 
 
 def _lstm_bwd(reverse, unroll, res, g):
-    w_x, w_h, h0, c0, xs, mask, hs, cs, ts = res
+    w_x, w_h, h0, c0, xs, mask, resets, hr, cr, hs, cs, ts = res
     dhT, dcT, dys = g
     H = h0.shape[-1]
     c_prev = _prev(cs, c0, reverse)
+    if resets is not None:  # the carry each step actually started from
+        c_prev = jnp.where(resets[..., None], cr[None], c_prev)
     # σ(z) = (1 + t)/2 with t = tanh(z/2), so σ'(z) = (1 - t²)/4; tanh'(z) = 1 - t²
     dscale = _lstm_scale(H, w_h.dtype) ** 2
     w_hT = w_h.T
 
     def step(carry, inp):
-        dh, dc = carry
-        dy, t, c, cp, m = inp
+        (dh, dc), (ghr, gcr) = carry
+        dy, t, c, cp, m, rs = inp
         dh_in = dh + dy
         ti, tf, tg, to = jnp.split(t, 4, axis=-1)
         i, f, o = 0.5 + 0.5 * ti, 0.5 + 0.5 * tf, 0.5 + 0.5 * to
@@ -117,14 +143,20 @@ def _lstm_bwd(reverse, unroll, res, g):
         dz = _where(m, dz, jnp.zeros_like(dz))
         dh_prev = _where(m, dz @ w_hT, dh)
         dc_prev = _where(m, dct * f, dc)
-        return (dh_prev, dc_prev), dz
+        ghr, dh_prev = _take_reset(rs, ghr, dh_prev)
+        gcr, dc_prev = _take_reset(rs, gcr, dc_prev)
+        return ((dh_prev, dc_prev), (ghr, gcr)), dz
 
     dys = _where(mask, dys, jnp.zeros_like(dys))
-    (dh0, dc0), dz = jax.lax.scan(step, (dhT, dcT), (dys, ts, cs, c_prev, mask), reverse=not reverse,
-                                  unroll=unroll)
+    acc = (_zeros_or_none(hr), _zeros_or_none(cr))
+    ((dh0, dc0), (ghr, gcr)), dz = jax.lax.scan(
+        step, ((dhT, dcT), acc), (dys, ts, cs, c_prev, mask, resets), reverse=not reverse,
+        unroll=unroll)
     h_prev = _prev(hs, h0, reverse)
+    if resets is not None:
+        h_prev = jnp.where(resets[..., None], hr[None], h_prev)
     return (_flat_tmatmul(xs, dz), _flat_tmatmul(h_prev, dz), dz.sum(axis=(0, 1)), dh0, dc0,
-            _flat_matmul(dz, w_x.T), None)
+            _flat_matmul(dz, w_x.T), None, None, ghr, gcr)
 
 
 lstm_scan.defvjp(_lstm_fwd, _lstm_bwd)
@@ -132,7 +164,8 @@ lstm_scan.defvjp(_lstm_fwd, _lstm_bwd)
 
 # ------------------------------------------------------------------------------------------ GRU
 
-def _gru_forward(reverse, reset_after, unroll, w_x, w_h, b, b_hn, h0, xs, mask, save=True):
+def _gru_forward(reverse, reset_after, unroll, w_x, w_h, b, b_hn, h0, xs, mask, resets, hr,
+                 save=True):
     H = h0.shape[-1]
     s = jnp.concatenate([jnp.full((2 * H,), 0.5, w_h.dtype), jnp.ones((H,), w_h.dtype)])  # (r, z, n)
     gx = _flat_matmul(xs, w_x * s[None, :])
@@ -140,8 +173,9 @@ def _gru_forward(reverse, reset_after, unroll, w_x, w_h, b, b_hn, h0, xs, mask, 
     w_rz = w_h[:, :2 * H] * 0.5
     w_n = w_h[:, 2 * H:]
 
-    def step(h, inp):
-        g_t, m = inp
+    def step(h_kept, inp):
+        g_t, m, rs = inp
+        h = _reset(rs, hr, h_kept)
         gr, gz, gn = jnp.split(g_t, 3, axis=-1)
         if reset_after:
             a = h @ jnp.concatenate([w_rz, w_n], axis=1)
@@ -156,12 +190,12 @@ def _gru_forward(reverse, reset_after, unroll, w_x, w_h, b, b_hn, h0, xs, mask, 
             n = jnp.tanh(gn + (r * h) @ w_n)
             aux = None  # the backward pass of this form needs no extra residual
         z = 0.5 + 0.5 * t[:, H:]
-        h_new = _where(m, h + z * (n - h), h)
+        h_new = _where(m, h + z * (n - h), h_kept)
         if not save:  # inference: emit the outputs only
             return h_new, _where(m, h_new, jnp.zeros_like(h_new))
         return h_new, (h_new, t, n, aux)
 
-    hT, out = jax.lax.scan(step, h0, (gx, mask), reverse=reverse, unroll=unroll)
+    hT, out = jax.lax.scan(step, h0, (gx, mask, resets), reverse=reverse, unroll=unroll)
     if not save:
         return (hT, out), None
     hs, ts, ns, auxs = out  # auxs: h W_hn + b_hn per step (reset after), else None
@@ -170,28 +204,34 @@ def _gru_forward(reverse, reset_after, unroll, w_x, w_h, b, b_hn, h0, xs, mask, 
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def gru_scan(reverse, reset_after, unroll, w_x, w_h, b, b_hn, h0, xs, mask):
+def gru_scan(reverse, reset_after, unroll, w_x, w_h, b, b_hn, h0, xs, mask, resets=None, hr=None):
     """Fused tanh GRU over ``xs [T, B, D]``: returns ``(h_T, ys [T, B, H])``.
 
-    ``b_hn [H]`` is used only when ``reset_after`` (pass zeros otherwise).
+    ``b_hn [H]`` is used only when ``reset_after`` (pass zeros otherwise). ``resets [T, B]`` (or
+    None) with the reset carry ``hr [B, H]`` (see the module docstring).
     """
-    return _gru_forward(reverse, reset_after, unroll, w_x, w_h, b, b_hn, h0, xs, mask, save=False)[0]
+    return _gru_forward(reverse, reset_after, unroll, w_x, w_h, b, b_hn, h0, xs, mask, resets, hr,
+                        save=False)[0]
 
 
-def _gru_fwd(reverse, reset_after, unroll, w_x, w_h, b, b_hn, h0, xs, mask):
-    out, (hs, ts, ns, auxs) = _gru_forward(reverse, reset_after, unroll, w_x, w_h, b, b_hn, h0, xs, mask)
-    return out, (w_x, w_h, b_hn, h0, xs, mask, hs, ts, ns, auxs)
+def _gru_fwd(reverse, reset_after, unroll, w_x, w_h, b, b_hn, h0, xs, mask, resets=None, hr=None):
+    out, (hs, ts, ns, auxs) = _gru_forward(reverse, reset_after, unroll, w_x, w_h, b, b_hn, h0, xs,
+                                           mask, resets, hr)
+    return out, (w_x, w_h, b_hn, h0, xs, mask, resets, hr, hs, ts, ns, auxs)
 
 
 def _gru_bwd(reverse, reset_after, unroll, res, g):
-    w_x, w_h, b_hn, h0, xs, mask, hs, ts, ns, auxs = res
+    w_x, w_h, b_hn, h0, xs, mask, resets, hr, hs, ts, ns, auxs = res
     H = h0.shape[-1]
     dhT, dys = g
     h_prev = _prev(hs, h0, reverse)
+    if resets is not None:  # the carry each step actually started from
+        h_prev = jnp.where(resets[..., None], hr[None], h_prev)
     w_n = w_h[:, 2 * H:]
 
-    def step(dh, inp):
-        dy, t, n, aux, hp, m = inp
+    def step(carry, inp):
+        dh, ghr = carry
+        dy, t, n, aux, hp, m, rs = inp
         dh_in = dh + dy
         tr, tz = t[:, :H], t[:, H:]
         r, z = 0.5 + 0.5 * tr, 0.5 + 0.5 * tz
@@ -210,11 +250,13 @@ def _gru_bwd(reverse, reset_after, unroll, res, g):
             dh_prev = drz @ w_h[:, :2 * H].T + drh * r + dh_in * (1.0 - z)
             emit = (jnp.concatenate([dr_pre, dz_pre, dn_pre], -1), r * hp)
         emit = jax.tree_util.tree_map(lambda e: _where(m, e, jnp.zeros_like(e)), emit)
-        return _where(m, dh_prev, dh), emit
+        ghr, dh_prev = _take_reset(rs, ghr, _where(m, dh_prev, dh))
+        return (dh_prev, ghr), emit
 
     dys = _where(mask, dys, jnp.zeros_like(dys))
-    dh0, (dzs, extra) = jax.lax.scan(step, dhT, (dys, ts, ns, auxs, h_prev, mask),
-                                     reverse=not reverse, unroll=unroll)
+    (dh0, ghr), (dzs, extra) = jax.lax.scan(
+        step, (dhT, _zeros_or_none(hr)), (dys, ts, ns, auxs, h_prev, mask, resets),
+        reverse=not reverse, unroll=unroll)
     dw_x = _flat_tmatmul(xs, dzs)
     db = dzs.sum(axis=(0, 1))
     if reset_after:
@@ -226,7 +268,7 @@ def _gru_bwd(reverse, reset_after, unroll, res, g):
         dw_h = jnp.concatenate([_flat_tmatmul(h_prev, dzs[..., :2 * H]),
                                 _flat_tmatmul(extra, dzs[..., 2 * H:])], axis=1)
         db_hn = jnp.zeros_like(b_hn)
-    return dw_x, dw_h, db, db_hn, dh0, _flat_matmul(dzs, w_x.T), None
+    return dw_x, dw_h, db, db_hn, dh0, _flat_matmul(dzs, w_x.T), None, None, ghr
 
 
 gru_scan.defvjp(_gru_fwd, _gru_bwd)
@@ -246,26 +288,43 @@ def _flatten(xs, mask, carry_leaf, D):
     return xs.reshape(T, B, D), m, batch, B
 
 
-def lstm_sequence(params, carry, xs, *, mask, reverse, unroll):
+def _flat_resets(resets, m, T, B):
+    """``resets [T, ...]`` -> ``[T, B]``, and only at valid steps (a padded step never resets)."""
+    if resets is None:
+        return None
+    r = resets.reshape(T, B)
+    return r if m is None else r & m
+
+
+def lstm_sequence(params, carry, xs, *, mask, reverse, unroll, resets=None, reset_carry=None):
     """``Cell.sequence`` of ``rnnjax.lstm`` without peepholes (see :func:`lstm_scan`)."""
     D = params["w_x"].shape[0]
     x2, m, batch, B = _flatten(xs, mask, carry.h, D)
     H = carry.h.shape[-1]
+    r = _flat_resets(resets, m, xs.shape[0], B)
+    hr = cr = None
+    if r is not None:
+        rc = carry if reset_carry is None else reset_carry
+        hr, cr = rc.h.reshape(B, H), rc.c.reshape(B, H)
     h, c, ys = lstm_scan(reverse, unroll, params["w_x"], params["w_h"], params["b"],
-                         carry.h.reshape(B, H), carry.c.reshape(B, H), x2, m)
+                         carry.h.reshape(B, H), carry.c.reshape(B, H), x2, m, r, hr, cr)
     return LSTMState(h.reshape(*batch, H), c.reshape(*batch, H)), ys.reshape(xs.shape[0], *batch, H)
 
 
 def gru_sequence(reset_after: bool):
     """``Cell.sequence`` of ``rnnjax.gru`` with the tanh candidate (see :func:`gru_scan`)."""
 
-    def sequence(params, carry, xs, *, mask, reverse, unroll):
+    def sequence(params, carry, xs, *, mask, reverse, unroll, resets=None, reset_carry=None):
         D = params["w_x"].shape[0]
         x2, m, batch, B = _flatten(xs, mask, carry, D)
         H = carry.shape[-1]
         b_hn = params["b_hn"] if reset_after else jnp.zeros((H,), params["b"].dtype)
+        r = _flat_resets(resets, m, xs.shape[0], B)
+        hr = None
+        if r is not None:
+            hr = (carry if reset_carry is None else reset_carry).reshape(B, H)
         h, ys = gru_scan(reverse, reset_after, unroll, params["w_x"], params["w_h"], params["b"], b_hn,
-                         carry.reshape(B, H), x2, m)
+                         carry.reshape(B, H), x2, m, r, hr)
         return h.reshape(*batch, H), ys.reshape(xs.shape[0], *batch, H)
 
     return sequence

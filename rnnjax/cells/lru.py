@@ -96,7 +96,10 @@ def lru(
         return bu * rows(gamma, bu)
 
     def readout(params, x, u):
-        y = x.real @ params["C_re"] - x.imag @ params["C_im"]
+        # the state is complex64 also for half-precision params (there is no complex half
+        # type); the output returns to the params' dtype
+        dt = params["C_re"].dtype
+        y = x.real.astype(dt) @ params["C_re"] - x.imag.astype(dt) @ params["C_im"]
         d = params["d"]
         if d.ndim == 1:
             return y + rows(d, u) * u

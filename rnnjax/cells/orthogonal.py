@@ -33,7 +33,13 @@ def henaff_skew_init(key: PRNGKey, shape: tuple[int, ...], dtype=jnp.float32) ->
 
 
 def orthogonal_matrix(a: Array) -> Array:
-    """``expm(A - Aᵀ)``: the orthogonal (special orthogonal) matrix of a square ``A``."""
+    """``expm(A - Aᵀ)``: the orthogonal (special orthogonal) matrix of a square ``A``.
+
+    For half-precision ``A`` (bfloat16, float16, which ``expm`` does not take) the exponential is
+    computed in float32 and the result returned in ``A``'s dtype.
+    """
+    if jnp.finfo(a.dtype).bits < 32:
+        return expm((a - a.T).astype(jnp.float32)).astype(a.dtype)
     return expm(a - a.T)
 
 
