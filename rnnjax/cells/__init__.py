@@ -7,7 +7,13 @@ from rnnjax.cells.lru import lru, lru_eigenvalues
 from rnnjax.cells.lstm import lstm
 from rnnjax.cells.minimal import mingru, minlstm
 from rnnjax.cells.orthogonal import orthogonal, orthogonality_error
+from rnnjax.cells.oscillatory import OscillatorState, cornn, lem, linoss, linoss_transition
+from rnnjax.cells.rglru import rglru, rglru_base_decay
+from rnnjax.cells.ode import antisymmetric, antisymmetric_matrix, lipschitz, lipschitz_matrix
+from rnnjax.cells.xlstm import MLSTMState, SLSTMState, mlstm, mlstm_state, slstm
 
 __all__ = ["elman", "irnn", "jordan", "lstm", "gru", "mgu", "indrnn", "indrnn_constrain",
            "indrnn_max_abs", "lru", "lru_eigenvalues", "mingru", "minlstm", "orthogonal",
-           "orthogonality_error"]
+           "orthogonality_error", "OscillatorState", "cornn", "lem", "linoss", "linoss_transition", "rglru",
+           "rglru_base_decay", "antisymmetric", "antisymmetric_matrix", "lipschitz", "lipschitz_matrix",
+           "MLSTMState", "SLSTMState", "mlstm", "mlstm_state", "slstm"]
