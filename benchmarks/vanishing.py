@@ -1,62 +1,106 @@
 """The gradient-vanishing study: how gradients vanish or explode in each cell, and who learns what.
 
-Part 1 (gradient flow at initialisation): ``norms[t] = ||dL/d carry_t||`` against the distance
+Part 1 (gradient flow at initialisation): ``log10 ||dL/d carry_t||`` against the distance
 ``T-1-t`` for every cell and initialisation, on adding-problem inputs with the loss on the last
-output; one log-scale plot and the fitted decay rate per step (``exp`` of the slope of
-``log norms[t]`` against ``T-1-t``; below 1 vanishes, above 1 explodes).
+output (computed in log space, so nothing underflows), and the fitted decay rate per step (``exp``
+of the slope of ``log norms[t]`` against ``T-1-t``; below 1 vanishes, above 1 explodes).
 
-Part 2 (long-memory tasks): every cell type trained with clipped Adam and the same step budget on
-the adding problem and the copy task for several ``T``; the final test loss relative to the
-no-memory baseline, ``solved`` (below 10% of the baseline), loss curves, and the gradient flow
-after training of the runs that failed.
+Part 2 (long-memory tasks, equal budget): every cell type trained with clipped Adam and the same
+step budget on the adding problem and the copy task for several ``T``. Each row is ONE
+``rnnjax.sweep.run_sweep`` call over its seeds (the numeric sweep axis, sharded over the CPU
+cores); the held-out test loss is evaluated every ``--eval-every`` steps. A seed's
+*steps-to-solve* is the first evaluation at which its test loss is below 0.1 x the no-memory
+baseline; a row is *solved* when at least half of its seeds are.
 
-Outputs in ``--out``: ``results.json`` (records with ``task, cell, init, T, metric, value,
-baseline, solved``), ``results.md`` (tables), ``gradient_flow.png``, ``curves_<task>.png``,
+Part 3 (the papers' claims, the papers' recipes): rows ``<cell>-paper`` trained with the recipe
+their paper states (hidden size, layers, optimizer, learning rates, batch, clipping,
+initialisation), with the step budget used here next to the paper's (and ``lru-long``: the LRU
+with the eigenvalue range its paper uses for long-range tasks).
+
+Outputs in ``--out``: ``results.json`` (``meta``: command, machine, versions, wall time;
+``records``: one per training row with ``task, cell, T, seeds, solved_seeds, solved, per_seed,
+final_loss_median, final_loss_iqr, recipe``, and one per gradient-flow row; ``runs``: the curves),
+``results.md`` (tables), ``gradient_flow.png``, ``curves_<task>.png``, ``curves_paper.png``,
 ``gradient_flow_trained.png``.
 
-    python benchmarks/vanishing.py --quick --out out/demo       # make demo, < 3 min on 2 cores
-    python benchmarks/vanishing.py --full --out benchmarks/results/vanishing --jobs 2
-    # add or redo some rows of a committed study (their training runs only):
-    python benchmarks/vanishing.py --full --extend --cells lru-long,exprnn-paper \
-        --out benchmarks/results/vanishing --jobs 2
-
-Rows with a ``recipe`` (``lru-long``, ``exprnn-paper``) train with their papers' settings instead
-of the common ones, only on the runs the grid's ``extra`` list names (the copy task at T=500).
+    python benchmarks/vanishing.py --quick --out out/demo      # make demo: ~40 s of CPU time
+    python benchmarks/vanishing.py --full --out benchmarks/results/vanishing --workdir W
+    # stopped? the same command again resumes: finished rows are read back from W, a row that
+    # was cut off resumes from the engine's checkpoints in its sub-workdir W/<task>-T<T>-<row>.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import inspect
 import json
 import math
 import os
 import platform
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+SOLVED_FRACTION = 0.1  # a seed is solved when its test loss < SOLVED_FRACTION x baseline
+DATA_ROOT, TEST_ROOT = 0, 1  # training data: key(0) folded with seed, step; test: key(1)
 
-# ------------------------------------------------------------------------------------- the cells
+
+# ------------------------------------------------------------------------------------- the rows
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a row is trained. The defaults are the study's common recipe (clipped Adam)."""
+
+    H: int | None = None  # hidden size (None: the grid's)
+    optimizer: str = "adam"
+    lr: float | None = None  # None: --lr
+    lrs: tuple = ()  # learning rates swept next to the seeds (empty: just lr)
+    clip: float | None = 1.0  # global-norm clipping (None: none)
+    batch: int = 32
+    lr_factors: tuple = ()  # ((cell param name, factor), ...): per-leaf learning rate
+    opt_kwargs: tuple = ()  # ((name, value), ...) more rnnjax.optimizer arguments
+    runs: tuple = ()  # ((task, T), ...) for paper rows
+    steps: int | None = None  # the step budget here (None: the grid's)
+    eval_every: int | None = None  # None: the grid's
+
+
+@dataclass(frozen=True)
+class Paper:
+    """A claim of a paper and the recipe it states (what the table shows next to the result)."""
+
+    claim: str
+    recipe_text: str
+    paper_budget: str
+
 
 @dataclass(frozen=True)
 class Spec:
-    """One cell configuration of the study."""
+    """One row of the study."""
 
     name: str  # row label
     cell: str  # cell type
     init: str  # initialisation label
-    train: bool = False  # trained in part 2 (one row per cell type)
-    # A training recipe that differs from the study's common one (Adam, --lr, clip 1, the grid's H,
-    # batch 32): TrainConfig fields (H, batch, lr, optimizer, lr_factors). Such rows are run only
-    # where the grid's "extra" list names them, and results.md lists their settings.
-    recipe: dict = field(default_factory=dict)
+    train: bool = False  # trained in the equal-budget grid (one row per cell type)
+    flow: bool = True  # drawn in the gradient flow at initialisation
+    recipe: Recipe = field(default_factory=Recipe)
+    paper: Paper | None = None
+    needs: str | None = None  # rnnjax attribute the row needs (new cells): skipped without it
 
 
-SPECS = [
+def _rnnjax_has(name: str | None) -> bool:
+    if name is None:
+        return True
+    import rnnjax
+
+    return hasattr(rnnjax, name)
+
+
+SPECS_ALL = [
     Spec("elman-glorot", "elman", "glorot uniform"),
     Spec("elman-orth", "elman", "orthogonal", train=True),
     Spec("elman-rho0.9", "elman", "spectral radius 0.9"),
@@ -77,23 +121,119 @@ SPECS = [
     Spec("mingru", "mingru", "glorot uniform", train=True),
     Spec("minlstm", "minlstm", "glorot uniform", train=True),
     Spec("exprnn", "orthogonal", "expm(A - A^T), Henaff", train=True),
-    # Long-horizon recipes, from the papers, for the copy task at T=500:
-    # LRU with its eigenvalue radii pushed towards 1, as Orvieto et al. 2023 do for long-range
-    # tasks (r_min 0.99: a mode keeps 0.99^500 = 0.7% of a symbol after 500 steps at the least);
-    Spec("lru-long", "lru", "ring r in [0.99, 0.9999]", recipe=dict(lr=3e-3)),
-    # expRNN as Lezcano-Casado & Martinez-Rubio 2019 train it on the copy task: RMSprop, the
-    # skew-symmetric parameter at 1/10 of the learning rate, a larger hidden state.
-    Spec("exprnn-paper", "orthogonal", "expm(A - A^T), Henaff",
-         recipe=dict(optimizer="rmsprop", lr=1e-3, lr_factors={"a": 0.1}, H=128, batch=64)),
+    # long-memory cells added to rnnjax later: rows appear when the factory exists
+    Spec("cornn", "cornn", "default", train=True, needs="cornn"),
+    Spec("lem", "lem", "default", train=True, needs="lem"),
+    Spec("linoss", "linoss", "default", train=True, needs="linoss"),
+    Spec("rglru", "rglru", "default", train=True, needs="rglru"),
+    Spec("slstm", "slstm", "default", train=True, needs="slstm"),
+    Spec("mlstm", "mlstm", "default", train=True, needs="mlstm"),
+    Spec("antisymmetric", "antisymmetric", "default", train=True, needs="antisymmetric"),
+    Spec("lipschitz", "lipschitz", "default", train=True, needs="lipschitz"),
+    # the papers' claims with the papers' recipes
+    Spec("indrnn-paper", "indrnn", "2 layers; u1 ~ U[0, 2^(1/T)], u2 ~ U[2^(-1/T), 2^(1/T)]", flow=False,
+         recipe=Recipe(H=128, optimizer="adam", lr=2e-4, clip=None, batch=32,
+                       opt_kwargs=(("schedule", "exponential"), ("decay_steps", 20000), ("decay_rate", 0.1)),
+                       runs=(("adding", 1000), ("adding", 5000)), steps=3000, eval_every=150),
+         paper=Paper("IndRNN solves adding at T=1000 and T=5000 where LSTM and IRNN fail (Li et al. 2018)",
+                     "2 layers x 128 ReLU; input weights N(0, 0.001^2); u of layer 1 ~ U(0, 2^(1/T)), "
+                     "layer 2 ~ U((1/2)^(1/T), 2^(1/T)); |u| clipped to 2^(1/T) after every update; "
+                     "Adam 2e-4 (x0.1 every 20k steps; here a smooth exponential decay); batch 32; "
+                     "one marker in each half",
+                     "order 10^4 steps (Li et al. 2018, Fig. 2)")),
+    Spec("lstm-chrono-paper", "lstm", "chrono, T_max = 3T/2", flow=False,
+         recipe=Recipe(H=128, optimizer="rmsprop", lr=1e-3, clip=None, batch=32,
+                       opt_kwargs=(("decay", 0.9),), runs=(("copy", 500),), steps=2000, eval_every=100),
+         paper=Paper("chrono initialisation lets an LSTM solve copy at T=500 where the standard LSTM "
+                     "stays at the baseline (Tallec & Ollivier 2018)",
+                     "128 units; RMSprop (alpha 0.9) lr 1e-3; batch 32; chrono T_max = 3T/2; no clipping",
+                     "order 10^4 iterations (Tallec & Ollivier 2018, copy-task figure)")),
+    Spec("exprnn-paper", "orthogonal", "expm(A - A^T), Henaff", flow=False,
+         recipe=Recipe(H=190, optimizer="rmsprop", lr=2e-4, clip=None, batch=128, lr_factors=(("a", 0.1),),
+                       opt_kwargs=(("decay", 0.99),), runs=(("copy", 1000),), steps=2000, eval_every=100),
+         paper=Paper("expRNN solves copy at T=1000 (Lezcano-Casado & Martinez-Rubio 2019)",
+                     "hidden 190, Henaff init, modReLU; RMSprop (alpha 0.99, PyTorch's default) lr 2e-4, "
+                     "2e-5 on the skew-symmetric parameter; batch 128; no clipping",
+                     "4000 iterations")),
+    Spec("lem-paper", "lem", "dt 0.0242", flow=False, needs="lem",
+         recipe=Recipe(H=128, optimizer="adam", lr=2.6e-3, clip=None, batch=50,
+                       runs=(("adding", 2000),), steps=2000, eval_every=100),
+         paper=Paper("LEM solves adding at T=2000, test MSE ~5e-5 (Rusch et al. 2022)",
+                     "hidden 128; Adam 2.6e-3; batch 50; dt 0.0242; no clipping",
+                     "order 10^4 steps (Rusch et al. 2022)")),
+    Spec("cornn-paper", "cornn", "dt 0.06, gamma 66, epsilon 15", flow=False, needs="cornn",
+         recipe=Recipe(H=128, optimizer="adam", lr=2e-2, clip=None, batch=50,
+                       runs=(("adding", 2000),), steps=2000, eval_every=100),
+         paper=Paper("coRNN solves adding at long T (Rusch & Mishra 2021)",
+                     "hidden 128; Adam 2e-2; batch 50; dt 0.06, gamma 66, epsilon 15; no clipping",
+                     "order 10^4 steps (Rusch & Mishra 2021)")),
+    Spec("lru-long", "lru", "ring r in [0.99, 0.9999]", flow=False,
+         recipe=Recipe(H=64, optimizer="adam", lr=3e-3, clip=1.0, batch=32, runs=(("copy", 500),),
+                       steps=1000, eval_every=50),
+         paper=Paper("an LRU whose eigenvalue radii start near 1 holds long memories (Orvieto et al. 2023)",
+                     "2 LRU layers x 64 with a GELU between; radii r in [0.99, 0.9999] (r_min pushed "
+                     "towards 1, as the paper does for long-range tasks); Adam 3e-3, clip 1, batch 32",
+                     "the paper trains on the Long Range Arena, not this task")),
+    Spec("irnn-paper", "irnn", "identity", flow=False,
+         recipe=Recipe(H=100, optimizer="sgd", lr=1e-2, lrs=(1e-2, 1e-3), clip=10.0, batch=16,
+                       runs=(("adding", 150),), steps=20000, eval_every=1000),
+         paper=Paper("IRNN solves adding at T=150-300 (Le et al. 2015)",
+                     "hidden 100, identity init, input weights N(0, 0.001^2); plain SGD with gradient "
+                     "clipping (norm 10), batch 16; learning rates 1e-2 and 1e-3 swept (the paper chose "
+                     "them by search)",
+                     "over 10^6 iterations, as the uRNN paper (Arjovsky et al. 2016) reports")),
 ]
-SPEC_BY_NAME = {s.name: s for s in SPECS}
 
 
-def make_cell(spec: Spec, H: int, T: int):
-    """The cell (or stack of cells) of ``spec`` with hidden size ``H`` for horizon ``T``.
+def specs() -> list[Spec]:
+    """The rows available with this rnnjax (rows of cells not in it yet are left out)."""
+    return [s for s in SPECS_ALL if _rnnjax_has(s.needs)]
 
-    Cells whose recurrence is linear in the carry (LRU, minGRU, minLSTM) are used as their papers
-    use them: two layers (with a GELU between the LRU layers) so the model is not linear in time.
+
+def spec_by_name(name: str) -> Spec:
+    for s in SPECS_ALL:
+        if s.name == name:
+            if not _rnnjax_has(s.needs):
+                raise ValueError(f"row {name!r} needs rnnjax.{s.needs}, which this rnnjax does not have")
+            return s
+    raise ValueError(f"unknown row {name!r}; known: {', '.join(s.name for s in specs())}")
+
+
+def _new_cell(name: str, H: int, **required):
+    """``rnnjax.<name>(H, **required)``, refusing to drop a recipe argument the factory lacks."""
+    import rnnjax
+
+    factory = getattr(rnnjax, name)
+    params = inspect.signature(factory).parameters
+    missing = [k for k in required if k not in params]
+    if missing:
+        raise TypeError(f"rnnjax.{name} takes no argument(s) {missing} that the paper's recipe sets; "
+                        f"its arguments are {list(params)}")
+    return factory(H, **required)
+
+
+def _pick(name: str, H: int, candidates: dict[str, tuple]):
+    """Like :func:`_new_cell`, each recipe value given under the first accepted argument name."""
+    import rnnjax
+
+    params = inspect.signature(getattr(rnnjax, name)).parameters
+    kw = {}
+    for what, (value, *names) in candidates.items():
+        found = next((n for n in names if n in params), None)
+        if found is None:
+            raise TypeError(f"rnnjax.{name} has none of the arguments {names} for the paper's {what}; "
+                            f"its arguments are {list(params)}")
+        kw[found] = value
+    return _new_cell(name, H, **kw)
+
+
+def make_model(spec: Spec, H: int, T: int):
+    """``(cell, project)``: the cell (or stack) of ``spec`` with hidden size ``H`` for horizon ``T``,
+    and the projection applied to the cell's params after every optimizer step (or None).
+
+    Cells whose recurrence is linear in the carry (LRU, minGRU, minLSTM, LinOSS, RG-LRU, mLSTM) are
+    used as their papers use them: two layers (with a GELU after the first for the LRU-like ones)
+    so the model is not linear in time.
     """
     import jax
 
@@ -101,72 +241,98 @@ def make_cell(spec: Spec, H: int, T: int):
     from rnnjax import initializers as inits
     from rnnjax import layers
 
+    def two(make, gelu=True):
+        first = make()
+        return layers.stack(layers.map_output(first, jax.nn.gelu) if gelu else first, make())
+
     rho = {"elman-rho0.9": 0.9, "elman-rho1.0": 1.0, "elman-rho1.1": 1.1}
     if spec.name in rho:
-        return rnnjax.elman(H, recurrent_init=inits.spectral_radius(rho[spec.name]))
+        return rnnjax.elman(H, recurrent_init=inits.spectral_radius(rho[spec.name])), None
+    if spec.name in ("indrnn", "indrnn-paper"):
+        bound = rnnjax.indrnn_max_abs(T)
+        if spec.name == "indrnn":
+            return rnnjax.indrnn(H, max_timescale=T), lambda p: rnnjax.indrnn_constrain(p, bound)
+
+        def uniform(lo, hi):
+            return lambda key, shape, dtype=jax.numpy.float32: jax.random.uniform(key, shape, dtype, lo, hi)
+
+        cell = layers.stack(
+            rnnjax.indrnn(H, input_init=inits.normal(0.001), recurrent_init=uniform(0.0, bound)),
+            rnnjax.indrnn(H, input_init=inits.normal(0.001), recurrent_init=uniform(1.0 / bound, bound)))
+        return cell, lambda p: tuple(rnnjax.indrnn_constrain(q, bound) for q in p)
     table: dict[str, Callable] = {
         "elman-glorot": lambda: rnnjax.elman(H, recurrent_init=inits.glorot_uniform),
         "elman-orth": lambda: rnnjax.elman(H),
         "irnn": lambda: rnnjax.irnn(H),
+        "irnn-paper": lambda: rnnjax.irnn(H),
         "jordan": lambda: rnnjax.jordan(H, H, activation=jax.numpy.tanh),
         "lstm-fb0": lambda: rnnjax.lstm(H, forget_bias=0.0),
         "lstm-fb1": lambda: rnnjax.lstm(H, forget_bias=1.0),
         "lstm-chrono": lambda: rnnjax.lstm(H, chrono=T),
+        "lstm-chrono-paper": lambda: rnnjax.lstm(H, chrono=1.5 * T),
         "lstm-peep-fb1": lambda: rnnjax.lstm(H, peephole=True),
         "lstm-peep-chrono": lambda: rnnjax.lstm(H, peephole=True, chrono=T),
         "gru-before": lambda: rnnjax.gru(H),
         "gru-after": lambda: rnnjax.gru(H, reset="after"),
         "mgu": lambda: rnnjax.mgu(H),
-        "indrnn": lambda: rnnjax.indrnn(H, max_timescale=T),
-        "lru": lambda: layers.stack(layers.map_output(rnnjax.lru(H, H, r_min=0.9, r_max=0.999), jax.nn.gelu),
-                                    rnnjax.lru(H, H, r_min=0.9, r_max=0.999)),
-        "mingru": lambda: layers.stack(rnnjax.mingru(H), rnnjax.mingru(H)),
-        "minlstm": lambda: layers.stack(rnnjax.minlstm(H), rnnjax.minlstm(H)),
+        "lru": lambda: two(lambda: rnnjax.lru(H, H, r_min=0.9, r_max=0.999)),
+        "mingru": lambda: two(lambda: rnnjax.mingru(H), gelu=False),
+        "minlstm": lambda: two(lambda: rnnjax.minlstm(H), gelu=False),
         "exprnn": lambda: rnnjax.orthogonal(H),
-        "lru-long": lambda: layers.stack(
-            layers.map_output(rnnjax.lru(H, H, r_min=0.99, r_max=0.9999), jax.nn.gelu),
-            rnnjax.lru(H, H, r_min=0.99, r_max=0.9999)),
         "exprnn-paper": lambda: rnnjax.orthogonal(H),
+        "lru-long": lambda: two(lambda: rnnjax.lru(H, H, r_min=0.99, r_max=0.9999)),
+        "cornn": lambda: _new_cell("cornn", H),
+        "lem": lambda: _new_cell("lem", H),
+        "linoss": lambda: two(lambda: _new_cell("linoss", H, state_size=H)),
+        "rglru": lambda: two(lambda: _new_cell("rglru", H)),
+        "slstm": lambda: _new_cell("slstm", H),
+        "mlstm": lambda: two(lambda: _new_cell("mlstm", H)),
+        "antisymmetric": lambda: _new_cell("antisymmetric", H),
+        "lipschitz": lambda: _new_cell("lipschitz", H),
+        "lem-paper": lambda: _pick("lem", H, {"dt": (0.0242, "dt", "delta_t", "step_size")}),
+        "cornn-paper": lambda: _pick("cornn", H, {"dt": (0.06, "dt", "delta_t", "step_size"),
+                                                  "gamma": (66.0, "gamma"),
+                                                  "epsilon": (15.0, "epsilon", "eps")}),
     }
-    return table[spec.name]()
-
-
-def post_update(spec: Spec, T: int):
-    """Projection after each optimizer step (IndRNN keeps |u| <= 2^(1/T), as in its paper)."""
-    if spec.cell != "indrnn":
-        return None
-    import rnnjax
-
-    bound = rnnjax.indrnn_max_abs(T)
-    return lambda params: {**params, "cell": rnnjax.indrnn_constrain(params["cell"], bound)}
+    return table[spec.name](), None
 
 
 # ---------------------------------------------------------------------------- part 1: gradient flow
 
-def decay_rate(norms: np.ndarray) -> float:
-    """Per-step factor ``exp(slope)`` of a least-squares fit of ``log norms`` against ``T-1-t``.
+def decay_rate(norms: np.ndarray | None = None, *, log10_norms: np.ndarray | None = None) -> float:
+    """Per-step factor ``10 ** rnnjax.log10_decay_rate(...)``: the least-squares slope of the log
+    norms against the distance ``T-1-t`` (steps with a finite log and distance >= 1).
 
-    Fitted over the steps where the norm is finite and above 1e-30 (float32 underflow would
-    flatten the curve) and the distance is at least 1.
+    Give the norms or (better, as nothing underflows) their base-10 logarithms.
     """
-    T = len(norms)
-    k = (T - 1 - np.arange(T)).astype(np.float64)
-    ok = np.isfinite(norms) & (norms > 1e-30) & (k >= 1)
-    if ok.sum() < 2:
-        return float("nan")
-    slope = np.polyfit(k[ok], np.log(norms[ok].astype(np.float64)), 1)[0]
-    return float(np.exp(slope))
+    import rnnjax
+
+    if (norms is None) == (log10_norms is None):
+        raise ValueError("give exactly one of norms and log10_norms")
+    if log10_norms is None:
+        with np.errstate(divide="ignore"):
+            log10_norms = np.log10(np.asarray(norms, np.float64))
+    return float(10.0 ** float(rnnjax.log10_decay_rate(np.asarray(log10_norms, np.float32))))
+
+
+def log10_flow(flow) -> np.ndarray:
+    """``log10 ||dL/d carry_t||`` ``[T]`` of a :class:`rnnjax.GradientFlow`.
+
+    Its ``log10_norms`` field, computed in log space: exact at any magnitude, ``-inf`` only for an
+    exactly zero gradient.
+    """
+    return np.asarray(flow.log10_norms, np.float64)
 
 
 def flow_at_init(spec: Spec, T: int, H: int, B: int, seed: int) -> dict:
+    """Gradient flow at initialisation on adding inputs, loss on the last output."""
     import jax
     import jax.numpy as jnp
 
     import rnnjax
 
-    cell = make_cell(spec, H, T)
-    key = jax.random.key(seed)
-    kp, kd, kr = jax.random.split(key, 3)
+    cell, _ = make_model(spec, H, T)
+    kp, kd, kr = jax.random.split(jax.random.key(seed), 3)
     xs, ys = rnnjax.tasks.adding(kd, B, T)
     params = cell.init(kp, 2)
     readout = rnnjax.layers.dense(1)
@@ -176,48 +342,58 @@ def flow_at_init(spec: Spec, T: int, H: int, B: int, seed: int) -> dict:
         return jnp.mean((readout.apply(r, outs[-1]) - ys) ** 2)
 
     flow = jax.jit(lambda p, x: rnnjax.gradient_flow(cell, p, x, loss_fn))(params, xs)
-    norms = np.asarray(flow.norms, dtype=np.float64)
-    ratio = norms[0] / norms[-1] if norms[-1] > 0 else float("nan")
+    lg = log10_flow(flow)
+    rate = decay_rate(log10_norms=lg)
+    ratio = 10.0 ** (lg[0] - lg[-1]) if np.isfinite(lg[0]) and np.isfinite(lg[-1]) else float("nan")
     return {"name": spec.name, "cell": spec.cell, "init": spec.init, "T": T,
-            "norms": [_finite(v) for v in norms], "rate": _finite(decay_rate(norms)), "ratio": _finite(ratio)}
+            "log10_norms": [_finite(v) for v in lg], "rate": _finite(rate), "ratio": _finite(ratio)}
 
 
 # ------------------------------------------------------------------------------ part 2: training
 
 @dataclass
 class TrainConfig:
+    """One row's training: the task, the model and recipe, the budget and the seeds."""
+
     task: str
     T: int
     steps: int
     H: int
     batch: int = 32
     lr: float = 1e-2
-    clip: float = 1.0
+    lrs: tuple = ()
+    clip: float | None = 1.0
     optimizer: str = "adam"
-    lr_factors: dict = field(default_factory=dict)  # cell param name -> learning-rate factor
-    chunk: int = 50
+    lr_factors: tuple = ()
+    opt_kwargs: tuple = ()
+    eval_every: int = 50
     test_size: int = 500
-    seed: int = 0
-    curve: list = field(default_factory=list)
+    seeds: tuple = (0, 1, 2, 3)
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        for k in ("lrs", "lr_factors", "opt_kwargs", "seeds"):
+            d[k] = [list(v) if isinstance(v, tuple) else v for v in d[k]]
+        return d
 
 
 def task_fns(task: str, T: int):
-    """(make_batch(key, batch), input size, outputs, loss(outs, targets), baseline)."""
-    import jax.numpy as jnp
-
+    """(make_batch(key, batch), input size, outputs, loss(outs, targets), baseline, metric name)."""
     import rnnjax
 
     if task == "adding":
         def loss(outs, ys):  # outs [T, B, 1]: the last step predicts the sum
             return rnnjax.losses.mse(outs[-1], ys)
 
-        return (lambda k, b: rnnjax.tasks.adding(k, b, T)), 2, 1, loss, rnnjax.tasks.ADDING_BASELINE_MSE
+        return ((lambda k, b: rnnjax.tasks.adding(k, b, T)), 2, 1, loss,
+                rnnjax.tasks.ADDING_BASELINE_MSE, "test_mse")
     if task == "copy":
         def loss(outs, ys):  # outs [T+20, B, 9]: every step predicts blank or a symbol
             return rnnjax.losses.sequence_cross_entropy(outs, ys)
 
         return ((lambda k, b: rnnjax.tasks.copy_memory(k, b, T)), rnnjax.tasks.COPY_VOCAB,
-                rnnjax.tasks.COPY_NUM_SYMBOLS + 1, loss, rnnjax.tasks.copy_baseline(T))
+                rnnjax.tasks.COPY_NUM_SYMBOLS + 1, loss, rnnjax.tasks.copy_baseline(T),
+                "test_cross_entropy")
     raise ValueError(f"task must be 'adding' or 'copy', got {task!r}")
 
 
@@ -238,130 +414,405 @@ def scale_cell_leaves(factors: dict):
     return optax.stateless(scale)
 
 
-def train_run(spec_name: str, cfg: TrainConfig) -> dict:
-    """Train one cell on one task; returns the record, the loss curve and the trained flow."""
+def steps_to_solve(eval_steps, test_losses, threshold: float) -> int | None:
+    """The first evaluation step at which the test loss is below ``threshold`` (None: never).
+
+    Args:
+      eval_steps: ``[n_evals]`` step counts of the evaluations, increasing.
+      test_losses: ``[n_evals]`` test losses there (NaN/inf never count as solved).
+      threshold: ``0.1 x baseline``.
+    """
+    steps = np.asarray(eval_steps)
+    losses = np.asarray(test_losses, np.float64)
+    if steps.shape != losses.shape or steps.ndim != 1:
+        raise ValueError(f"eval_steps and test_losses must be 1-d of one length, got {steps.shape} "
+                         f"and {losses.shape}")
+    hit = np.flatnonzero(np.isfinite(losses) & (losses < threshold))
+    return int(steps[hit[0]]) if hit.size else None
+
+
+def median_steps(per_seed_steps: list) -> float | None:
+    """Median steps-to-solve over seeds, an unsolved seed counting as infinitely many steps
+    (None when at least half the seeds are unsolved: the median is then 'not within budget')."""
+    v = np.sort([np.inf if s is None else float(s) for s in per_seed_steps])
+    m = float(np.median(v)) if v.size else np.inf
+    return m if math.isfinite(m) else None
+
+
+class Training(NamedTuple):
+    """The pure functions of a row's training (see :func:`build_training`)."""
+
+    init_fn: Callable  # init_fn(config) -> TrainState
+    step_fn: Callable  # step_fn(state, batch, config) -> (state, metrics), projection included
+    batch_fn: Callable  # batch_fn(config, step) -> batch
+    eval_fn: Callable  # eval_fn(params, config) -> {"test_loss": scalar}
+    make_tx: Callable  # make_tx(config) -> the optax chain
+    cell: Any
+    readout: Any
+    forward: Callable  # forward(params, xs) -> outputs
+    loss_on: Callable  # loss_on(outputs, targets) -> scalar
+    test_batch: Callable  # test_batch() -> the held-out (xs, ys)
+
+
+def build_training(spec: Spec, cfg: TrainConfig) -> Training:
+    """The :class:`Training` functions of a row.
+
+    The functions follow :func:`rnnjax.sweep.run_sweep`: a configuration holds ``seed`` and ``lr``
+    (numeric: the sweep axis); the rest of the row is static (closed over).
+    """
     import jax
     import jax.numpy as jnp
     import optax
 
     import rnnjax
 
-    spec = SPEC_BY_NAME[spec_name]
-    make_batch, D, O, loss_on, baseline = task_fns(cfg.task, cfg.T)
-    cell = make_cell(spec, cfg.H, cfg.T)
+    make_batch, D, O, loss_on, _, _ = task_fns(cfg.task, cfg.T)
+    cell, project = make_model(spec, cfg.H, cfg.T)
     readout = rnnjax.layers.dense(O)
-    key = jax.random.key(cfg.seed)
-    k_cell, k_out, k_run, k_data, k_test = jax.random.split(key, 5)
-    cp = cell.init(k_cell, D)
-    params = {"cell": cp, "readout": readout.init(k_out, rnnjax.layers.output_size(cell, cp, D))}
+    factors = dict(cfg.lr_factors)
+
+    def make_tx(config):
+        tx = rnnjax.optimizer(cfg.optimizer, config["lr"], clip_norm=cfg.clip, **dict(cfg.opt_kwargs))
+        return optax.chain(tx, scale_cell_leaves(factors)) if factors else tx
+
+    def init_fn(config):
+        k_cell, k_out, k_run = jax.random.split(jax.random.key(config["seed"]), 3)
+        cp = cell.init(k_cell, D)
+        params = {"cell": cp, "readout": readout.init(k_out, rnnjax.layers.output_size(cell, cp, D))}
+        return rnnjax.TrainState.create(params, make_tx(config), key=k_run)
 
     def forward(p, xs):
         _, outs = rnnjax.unroll(cell, p["cell"], xs)
         return readout.apply(p["readout"], outs)
 
     def loss_fn(p, batch, key):
-        xs, ys = batch
-        return loss_on(forward(p, xs), ys)
+        del key
+        return loss_on(forward(p, batch[0]), batch[1])
 
-    tx = rnnjax.optimizer(cfg.optimizer, cfg.lr, clip_norm=cfg.clip)
-    if cfg.lr_factors:
-        tx = optax.chain(tx, scale_cell_leaves(cfg.lr_factors))
-    step = rnnjax.train_step(loss_fn, tx)
-    project = post_update(spec, cfg.T)
+    def step_fn(state, batch, config):
+        state, metrics = rnnjax.train_step(loss_fn, make_tx(config))(state, batch)
+        if project is not None:
+            state = state.replace(params={**state.params, "cell": project(state.params["cell"])})
+        return state, metrics
 
-    def chunk(state):
-        def body(state, _):
-            state, m = step(state, make_batch(jax.random.fold_in(k_data, state.step), cfg.batch))
-            if project is not None:
-                state = state.replace(params=project(state.params))
-            return state, (m["loss"], m["grad_norm"], m["nonfinite"])
+    def batch_fn(config, step):
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(DATA_ROOT), config["seed"]), step)
+        return make_batch(key, cfg.batch)
 
-        return jax.lax.scan(body, state, None, length=cfg.chunk)
+    chunk = min(cfg.test_size, 100)
+    n_chunks = -(-cfg.test_size // chunk)
 
-    chunk = jax.jit(chunk)
-    test = make_batch(k_test, cfg.test_size)
-    test_loss = jax.jit(lambda p: loss_on(forward(p, test[0]), test[1]))
+    def test_batch():
+        return make_batch(jax.random.key(TEST_ROOT), n_chunks * chunk)
 
-    state = rnnjax.TrainState.create(params, tx, key=k_run)
+    def eval_fn(params, config):
+        del config
+        xs, ys = test_batch()  # the same held-out sequences for every seed and evaluation
+        T_in = xs.shape[0]
+        xs = jnp.moveaxis(xs.reshape(T_in, n_chunks, chunk, *xs.shape[2:]), 1, 0)
+        ys = (ys.reshape(n_chunks, chunk, *ys.shape[1:]) if cfg.task == "adding"
+              else jnp.moveaxis(ys.reshape(ys.shape[0], n_chunks, chunk), 1, 0))
+        losses = jax.lax.map(lambda b: loss_on(forward(params, b[0]), b[1]), (xs, ys))
+        return {"test_loss": jnp.mean(losses)}
+
+    return Training(init_fn, step_fn, batch_fn, eval_fn, make_tx, cell, readout, forward, loss_on, test_batch)
+
+
+def _sweep(configs, init_fn, step_fn, batch_fn, eval_fn, *, steps, eval_every, workdir, config,
+           progress=False):
+    """``run_sweep`` with evaluation: ``(result, eval_steps [n_evals], test_loss [n, n_evals])``.
+
+    Checkpoints (with ``workdir``) fall on evaluation steps, so every compiled chunk of the engine
+    has the same length (one program per row).
+    """
+    from rnnjax.sweep import run_sweep
+
+    ckpt_every = eval_every * max(1, 500 // eval_every)
+    result = run_sweep(configs, init_fn, step_fn, batch_fn, steps=steps, eval_fn=eval_fn,
+                       eval_every=eval_every, workdir=workdir, ckpt_every=ckpt_every if workdir else None,
+                       config=config, progress=progress)
+    return result, np.asarray(result.eval_steps), np.asarray(result.eval_metrics["test_loss"], np.float64)
+
+
+_BUILT: dict = {}
+
+
+def _row_id(spec: Spec, cfg: TrainConfig) -> str:
+    return f"{cfg.task}-T{cfg.T}-{spec.name}"
+
+
+def _config_hash(d: dict) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def train_row(spec: Spec, cfg: TrainConfig, *, workdir: str | None = None,
+              trained_flow: bool = True, progress: bool = False) -> list[dict]:
+    """Train one row (all its seeds, and learning rates if it sweeps them) in one ``run_sweep``.
+
+    Returns one run per learning rate: the record fields plus the curves (``eval_steps``,
+    ``test_loss`` per seed, the median training loss) and the gradient flow after training of the
+    seed with the median final loss (``trained_flow=False``: not computed, one compile less). With
+    ``workdir``, a finished row is read back from
+    ``workdir/<task>-T<T>-<row>/row.json`` (same configuration), and the engine checkpoints the
+    sweep there, so an interrupted row resumes.
+    """
+    import jax
+
+    import rnnjax
+
+    row_dir = None if workdir is None else os.path.join(workdir, _row_id(spec, cfg))
+    cfg_d = {"row": spec.name, **cfg.as_dict()}
+    if row_dir is not None:
+        cached = os.path.join(row_dir, "row.json")
+        if os.path.exists(cached):
+            with open(cached) as fh:
+                old = json.load(fh)
+            if old.get("config_hash") == _config_hash(cfg_d):
+                for r in old["runs"]:
+                    r["resumed"] = True
+                return old["runs"]
+        os.makedirs(row_dir, exist_ok=True)
+
+    _, _, _, _, baseline, metric = task_fns(cfg.task, cfg.T)
+    # the same functions for the same row (whatever its budget), so the engine reuses its programs
+    key = (spec, json.dumps({k: v for k, v in cfg_d.items() if k != "steps"}, sort_keys=True))
+    if key not in _BUILT:
+        if len(_BUILT) >= 16:
+            _BUILT.pop(next(iter(_BUILT)))
+        _BUILT[key] = build_training(spec, cfg)
+    init_fn, step_fn, batch_fn, eval_fn, _, cell, readout, _, loss_on, test_batch = _BUILT[key]
+    lrs = list(cfg.lrs) or [cfg.lr]
+    configs = [{"lr": float(lr), "seed": int(s)} for lr in lrs for s in cfg.seeds]
     t0 = time.perf_counter()
-    curve, bad = [], 0
-    for _ in range(max(1, cfg.steps // cfg.chunk)):
-        state, (losses, gnorms, nonfinite) = chunk(state)
-        bad += int(nonfinite.sum())
-        curve.append([int(state.step), _finite(np.mean(losses)), _finite(np.median(gnorms))])
-    final = float(test_loss(state.params))
+    result, eval_steps, test_loss = _sweep(
+        configs, init_fn, step_fn, batch_fn, eval_fn, steps=cfg.steps, eval_every=cfg.eval_every,
+        workdir=None if row_dir is None else os.path.join(row_dir, "sweep"),
+        config={k: v for k, v in cfg_d.items() if k != "steps"}, progress=progress)
     seconds = time.perf_counter() - t0
+    sweep_json = None if row_dir is None else os.path.join(row_dir, "sweep", "results.json")
+    if sweep_json is not None and os.path.exists(sweep_json):  # add the time earlier processes spent
+        with open(sweep_json) as fh:
+            info = json.load(fh)
+        seconds += max(0.0, float(info.get("wall_time_s", 0.0)) - float(info.get("wall_time_this_process_s", 0.0)))
+    train_loss = np.asarray(result.metrics["loss"], np.float64)
+    nonfinite = np.asarray(result.metrics.get("nonfinite", np.zeros_like(train_loss)), np.float64).sum(axis=1)
+    threshold = SOLVED_FRACTION * baseline
 
-    # gradient flow of the trained network on the test inputs (explains failures)
-    xs_f, ys_f = test[0][:, :64], test[1][..., :64] if cfg.task == "copy" else test[1][:64]
-    flow = rnnjax.gradient_flow(cell, state.params["cell"], xs_f,
-                                lambda outs: loss_on(readout.apply(state.params["readout"], outs), ys_f))
-    diverged = not math.isfinite(final)
-    return {
-        "task": cfg.task, "cell": spec.cell, "name": spec.name, "init": spec.init, "T": cfg.T,
-        "metric": "test_mse" if cfg.task == "adding" else "test_cross_entropy",
-        "value": None if diverged else final, "baseline": baseline,
-        "relative": None if diverged else final / baseline, "diverged": diverged,
-        "solved": bool(not diverged and final < 0.1 * baseline), "steps": int(state.step),
-        "nonfinite_steps": bad,
-        "hidden_size": cfg.H, "batch": cfg.batch, "lr": cfg.lr, "clip_norm": cfg.clip,
-        "optimizer": cfg.optimizer, "lr_factors": dict(cfg.lr_factors),
-        "seconds": seconds, "curve": curve,
-        "trained_flow": [_finite(v) for v in np.asarray(flow.norms, dtype=np.float64)],
-    }
+    runs = []
+    for lr in lrs:
+        idx = [i for i, c in enumerate(configs) if c["lr"] == float(lr)]
+        finals = test_loss[idx, -1]
+        per_seed = []
+        for i in idx:
+            final = float(test_loss[i, -1])
+            per_seed.append({"seed": configs[i]["seed"], "final_test_loss": _finite(final),
+                             "final_ratio": _finite(final / baseline),
+                             "steps_to_solve": steps_to_solve(eval_steps, test_loss[i], threshold),
+                             "nonfinite_steps": int(nonfinite[i])})
+        solved_seeds = sum(p["steps_to_solve"] is not None for p in per_seed)
+        ok = finals[np.isfinite(finals)]
+        q25, q50, q75 = (np.percentile(ok, [25, 50, 75]) if ok.size else (np.nan,) * 3)
+        # gradient flow after training: the seed with the median final loss, on 64 test sequences
+        order = np.argsort(np.where(np.isfinite(finals), finals, np.inf))
+        mid = idx[int(order[(len(idx) - 1) // 2])]
+        flow_lg = None
+        if trained_flow:
+            xs, ys = test_batch()
+            xs_f, ys_f = xs[:, :64], (ys[:, :64] if cfg.task == "copy" else ys[:64])
+            flow = jax.jit(lambda p, x, y: rnnjax.gradient_flow(
+                cell, p["cell"], x, lambda outs: loss_on(readout.apply(p["readout"], outs), y)))(
+                result.state(mid).params, xs_f, ys_f)
+            flow_lg = [_finite(v) for v in log10_flow(flow)]
+        median_train = np.nanmedian(train_loss[idx], axis=0)
+        stride = max(1, cfg.steps // 200)
+        label = spec.name if len(lrs) == 1 else f"{spec.name} lr={lr:g}"
+        recipe = {"hidden_size": cfg.H, "optimizer": cfg.optimizer, "lr": float(lr),
+                  "clip_norm": cfg.clip, "batch": cfg.batch, "lr_factors": dict(cfg.lr_factors),
+                  **{k: v for k, v in cfg.opt_kwargs}, "steps": cfg.steps, "eval_every": cfg.eval_every,
+                  "test_size": cfg.test_size, "init": spec.init}
+        runs.append({
+            "task": cfg.task, "cell": spec.cell, "name": label, "row": spec.name, "init": spec.init,
+            "T": cfg.T, "metric": metric, "baseline": baseline, "threshold": threshold,
+            "seeds": len(idx), "solved_seeds": solved_seeds, "solved": bool(2 * solved_seeds >= len(idx)),
+            "per_seed": per_seed,
+            "final_loss_median": _finite(q50), "final_loss_iqr": [_finite(q25), _finite(q75)],
+            "ratio_median": _finite(q50 / baseline),
+            "steps_to_solve_median": median_steps([p["steps_to_solve"] for p in per_seed]),
+            "diverged_seeds": int(np.sum(~np.isfinite(finals))),
+            "recipe": recipe, "paper": spec.paper is not None, "steps": cfg.steps,
+            "seconds": seconds / len(lrs),
+            "eval_steps": [int(s) for s in eval_steps],
+            "test_loss": [[_finite(v) for v in test_loss[i]] for i in idx],
+            "train_loss_median": [[int(t + 1), _finite(median_train[t])]
+                                  for t in range(stride - 1, cfg.steps, stride)],
+            "trained_flow_seed": configs[mid]["seed"],
+            "trained_log10_flow": flow_lg,
+        })
+    if row_dir is not None:
+        tmp = os.path.join(row_dir, "row.json.tmp")
+        with open(tmp, "w") as fh:
+            json.dump({"config": cfg_d, "config_hash": _config_hash(cfg_d), "runs": runs}, fh, allow_nan=False)
+        os.replace(tmp, os.path.join(row_dir, "row.json"))
+    return runs
 
 
 def _finite(v) -> float | None:
     """A float for JSON, or None where it is NaN/inf (strict JSON has neither)."""
+    if v is None:
+        return None
     v = float(v)
     return v if math.isfinite(v) else None
 
 
 # ------------------------------------------------------------------------------------- reporting
 
-LITERATURE = """\
-## Against the literature
-
-Expected (Arjovsky, Shah & Bengio 2016, Fig. 2-3; Li et al. 2018, Fig. 2; Le et al. 2015):
-the tanh RNN fails the adding problem by T≈200; the LSTM solves it up to T≈400 and degrades towards
-T=1000; on the copy task a small LSTM stays at the no-memory baseline beyond T≈100; IRNN and IndRNN
-reach long horizons on the adding problem (IndRNN reports T=5000); orthogonal/unitary RNNs solve
-the copy task where the LSTM does not.
-"""
+_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf", "#000000", "#aec7e8", "#98df8a"]
+_STYLES = ["-", "--", ":", "-."]
 
 
-def literature_comparison(records: list[dict], budget: int) -> str:
-    """Say, from the measured table, where the figures agree with the literature and where not."""
-    def longest(cell_name, task):
-        solved = [r["T"] for r in records if r["name"] == cell_name and r["task"] == task and r["solved"]]
-        tried = [r["T"] for r in records if r["name"] == cell_name and r["task"] == task]
-        return (max(solved) if solved else None), sorted(tried)
+def line_style(i: int) -> dict:
+    """Colour and line style of curve ``i``: both change from one curve to the next, and no two of
+    the first 52 curves share both (13 colours x 4 styles, coprime)."""
+    return {"color": _COLORS[i % len(_COLORS)], "linestyle": _STYLES[i % len(_STYLES)]}
 
-    lines = [LITERATURE, "Measured here (same budget of %d steps for every run):\n" % budget]
-    for name, task, claim in [
+
+def _fmt(v, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def _cell_text(r: dict) -> str:
+    """``k/n · steps · ratio`` of a run for the tables."""
+    steps = "—" if r["steps_to_solve_median"] is None else f"{r['steps_to_solve_median']:.0f}"
+    ratio = r["ratio_median"]
+    ratio = "diverged" if ratio is None else (f"{ratio:.3f}" if ratio < 100 else f"{ratio:.2g}")
+    return f"{r['solved_seeds']}/{r['seeds']}{' ✓' if r['solved'] else ''} · {steps} · {ratio}"
+
+
+SOLVED_LINE = ("**solved**: a seed's loss on {n} held-out sequences falls below 0.1 × the no-memory "
+               "baseline at an evaluation (its steps-to-solve); a row is solved (✓) when at least half "
+               "its seeds are. Baselines: adding — MSE 1/6 of always predicting 1.0; copy — "
+               "cross-entropy 10·log 8/(T+20) of predicting blanks, then uniform symbols.")
+TABLE_KEY = ("Each entry: `k/n` seeds solved · median steps-to-solve (— : not within the budget for "
+             "half the seeds) · median final test loss / baseline.")
+
+
+def _band_plot(ax, run, i, plt):
+    steps = np.asarray(run["eval_steps"], float)
+    losses = np.asarray([[np.nan if v is None else v for v in s] for s in run["test_loss"]], float)
+    ratio = losses / run["baseline"]
+    with np.errstate(invalid="ignore"), _warnings_off():
+        med = np.nanmedian(ratio, axis=0)
+        lo, hi = np.nanmin(ratio, axis=0), np.nanmax(ratio, axis=0)
+    st = line_style(i)
+    ax.plot(steps, med, lw=1.4, label=f"{run['name']} ({run['solved_seeds']}/{run['seeds']})", **st)
+    ax.fill_between(steps, lo, hi, color=st["color"], alpha=0.12, lw=0)
+
+
+class _warnings_off:
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+
+def _thresholds(ax):
+    ax.axhline(1.0, color="0.4", ls="-", lw=0.8)
+    ax.axhline(SOLVED_FRACTION, color="k", ls=":", lw=1.0)
+    box = dict(fc="white", ec="none", alpha=0.8, pad=1.0)
+    ax.annotate("no-memory baseline", (0.99, 1.0), xycoords=("axes fraction", "data"), fontsize=7,
+                va="bottom", ha="right", color="0.3", bbox=box)
+    ax.annotate(f"solved: {SOLVED_FRACTION:g} × baseline", (0.99, SOLVED_FRACTION),
+                xycoords=("axes fraction", "data"), fontsize=7, va="bottom", ha="right", bbox=box)
+
+
+def _curves(path, panels, title_fn, plt):
+    """One panel per (key, runs); median test loss / baseline with the min-max band over seeds."""
+    n = len(panels)
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.0 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax, (key, rs) in zip(axes.flat, panels):
+        for i, r in enumerate(rs):
+            _band_plot(ax, r, i, plt)
+        _thresholds(ax)
+        ax.set_yscale("log")
+        ax.set_title(title_fn(key, rs), fontsize=9)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("test loss / baseline\n(median, band: min-max over seeds)", fontsize=8)
+        ax.legend(fontsize=6.5, ncol=1 if len(rs) <= 12 else 2, loc="lower left", framealpha=0.85)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def literature_comparison(runs: list[dict]) -> str:
+    """Say, from the measured grid, where the figures agree with the literature and where not."""
+    grid = [r for r in runs if not r["paper"]]
+
+    def longest(row, task):
+        rs = [r for r in grid if r["row"] == row and r["task"] == task]
+        solved = [r["T"] for r in rs if r["solved"]]
+        return (max(solved) if solved else None), sorted(r["T"] for r in rs)
+
+    lines = ["## Against the literature (equal-budget grid)\n",
+             "Expected (Arjovsky, Shah & Bengio 2016; Li et al. 2018; Le et al. 2015): the tanh RNN "
+             "fails the adding problem by T≈200; the LSTM solves it up to T≈400; a small LSTM stays at "
+             "the copy baseline beyond T≈100; IRNN and IndRNN reach long horizons on adding; "
+             "orthogonal RNNs solve copy. Measured here:\n"]
+    for row, task, claim in [
         ("elman-orth", "adding", "tanh RNN fails by T≈200"),
-        ("lstm-fb1", "adding", "LSTM solves up to T≈400, degrades towards 1000"),
-        ("lstm-chrono", "adding", "chrono LSTM extends the LSTM's range (Tallec & Ollivier 2018)"),
-        ("lstm-fb1", "copy", "small LSTM fails beyond T≈100"),
-        ("irnn", "adding", "IRNN reaches long horizons on adding (Le et al. 2015)"),
+        ("lstm-fb1", "adding", "LSTM solves adding to T≈400"),
+        ("lstm-fb1", "copy", "LSTM stays at the copy baseline beyond T≈100"),
+        ("lstm-chrono", "adding", "chrono LSTM holds longer memories (Tallec & Ollivier 2018)"),
+        ("irnn", "adding", "IRNN solves adding to long T (Le et al. 2015)"),
         ("indrnn", "adding", "IndRNN solves adding to T=5000 (Li et al. 2018)"),
-        ("exprnn", "copy", "orthogonal RNN solves copy (Lezcano-Casado 2019)"),
-        ("exprnn-paper", "copy", "expRNN with its paper's recipe solves copy T=1000-2000 (Lezcano-Casado 2019)"),
-        ("lru-long", "copy", "LRU with r near 1 holds long memories (Orvieto et al. 2023)"),
+        ("exprnn", "copy", "orthogonal RNN solves copy (Lezcano-Casado & Martinez-Rubio 2019)"),
     ]:
-        best, tried = longest(name, task)
-        if not tried:
-            continue
-        got = f"longest T solved: {best}" if best else "solved at no T"
-        lines.append(f"- {claim}: {name} on {task} — {got} (tried T = {', '.join(map(str, tried))}).")
-    lines.append(
-        "\nWhere the figures differ, the usual reasons are the step budget (the papers train for "
-        "10^4-10^5 steps; a run here stops far earlier, so 'not solved' often means 'not yet'), "
-        "the hidden size (papers use 128-512), and one seed per cell.")
+        best, tried = longest(row, task)
+        if tried:
+            got = f"longest T solved: {best}" if best else "solved at no T"
+            lines.append(f"- {claim}: {row} on {task} — {got} (tried T = {', '.join(map(str, tried))}).")
+    lines.append("\nThe grid gives every cell the same budget and recipe; the papers' own recipes "
+                 "and budgets are tested in the table of claims.")
     return "\n".join(lines)
 
 
+def claims_table(runs: list[dict]) -> list[str]:
+    paper = [r for r in runs if r["paper"]]
+    if not paper:
+        return []
+    md = ["\n## The papers' claims, with the papers' recipes\n",
+          "| row | claim | paper's recipe | step budget | result here | verdict |",
+          "|---|---|---|---|---|---|"]
+    for r in paper:
+        p = next(s.paper for s in SPECS_ALL if s.name == r["row"])
+        iqr = r["final_loss_iqr"]
+        res = (f"{r['task']} T={r['T']}: {r['solved_seeds']}/{r['seeds']} seeds solved; median steps-to-solve "
+               f"{_fmt(r['steps_to_solve_median'], '.0f') if r['steps_to_solve_median'] else 'not within budget'}; "
+               f"median final {r['metric']} {_fmt(r['final_loss_median'], '.3g')} "
+               f"(IQR {_fmt(iqr[0], '.3g')}–{_fmt(iqr[1], '.3g')}; baseline {r['baseline']:.3g})")
+        lg = r.get("trained_log10_flow")
+        if lg and lg[0] is not None and lg[-1] is not None:  # the measured reason, when it is vanishing
+            res += f"; after training ||dL/dh_0|| = 10^{lg[0] - lg[-1]:.1f} × ||dL/dh_T-1||"
+        if r.get("diverged_seeds"):
+            res += f"; {r['diverged_seeds']} seed(s) diverged"
+        verdict = "reproduced" if r["solved"] else "not reproduced at this budget"
+        name = r["name"]
+        md.append(f"| {name} | {p.claim} | {p.recipe_text} | here {r['steps']} steps; paper: {p.paper_budget} | "
+                  f"{res} | {verdict} |")
+    return md
+
+
 def write_outputs(out: str, flows: list[dict], runs: list[dict], meta: dict) -> str:
+    """Write ``results.json``, ``results.md`` and the plots; return the markdown."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -373,14 +824,17 @@ def write_outputs(out: str, flows: list[dict], runs: list[dict], meta: dict) -> 
         records.append({"task": "gradient_flow", "cell": f["cell"], "name": f["name"], "init": f["init"],
                         "T": f["T"], "metric": "decay_rate_per_step", "value": f["rate"],
                         "baseline": 1.0, "solved": None, "norm_ratio_first_last": f["ratio"]})
+    curve_keys = ("eval_steps", "test_loss", "train_loss_median", "trained_log10_flow")
     for r in runs:
-        records.append({k: v for k, v in r.items() if k not in ("curve", "trained_flow")})
+        records.append({k: v for k, v in r.items() if k not in curve_keys})
     with open(os.path.join(out, "results.json"), "w") as fh:
         json.dump({"meta": meta, "records": records, "runs": runs, "flows": flows}, fh, indent=1,
                   allow_nan=False)
 
-    md = [f"# Gradient-vanishing study\n\nCommand: `{meta['command']}`  \nMachine: {meta['machine']}; "
-          f"jax {meta['jax']} on {meta['backend']}; wall time {meta['seconds']:.0f} s.\n"]
+    md = [f"# Gradient-vanishing study\n\nCommand: `{meta['command']}`  \n"
+          f"Machine: {meta['machine']}  \nVersions: {meta['versions']}  \n"
+          f"Wall time: {meta['seconds']:.0f} s this invocation; {meta.get('compute_seconds', 0):.0f} s "
+          f"of training summed over all rows (including rows read back from a workdir).\n"]
     if flows:
         T = flows[0]["T"]
         md.append(f"## Gradient flow at initialisation (T={T}, H={meta['H']}, loss on the last output)\n\n"
@@ -389,86 +843,84 @@ def write_outputs(out: str, flows: list[dict], runs: list[dict], meta: dict) -> 
                   "| cell | init | rate per step | ratio first/last |\n|---|---|---|---|")
         for f in flows:
             md.append(f"| {f['name']} | {f['init']} | {_fmt(f['rate'], '.4f')} | {_fmt(f['ratio'], '.3g')} |")
-        fig, ax = plt.subplots(figsize=(9, 6))
-        for f in flows:
-            n = np.asarray(f["norms"], dtype=float)
-            ax.semilogy(np.arange(len(n))[::-1], np.maximum(n, 1e-38), label=f["name"], lw=1)
+        fig, ax = plt.subplots(figsize=(11, 6.5))
+        for i, f in enumerate(flows):
+            lg = np.asarray([np.nan if v is None else v for v in f["log10_norms"]], float)
+            ax.plot(np.arange(len(lg))[::-1], lg, lw=1.3, label=f"{f['name']} ({f['init']})", **line_style(i))
         ax.set_xlabel("T - 1 - t (steps back from the loss)")
-        ax.set_ylabel("||dL / d carry_t||")
-        ax.set_title(f"Gradient flow at initialisation, T={T}")
-        ax.legend(fontsize=7, ncol=2)
+        ax.set_ylabel("log10 ||dL / d carry_t||")
+        ax.set_title(f"Gradient flow at initialisation, adding inputs, T={T} (computed in log space)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.tight_layout()
         fig.savefig(os.path.join(out, "gradient_flow.png"), dpi=110)
         plt.close(fig)
-    if runs:
-        for task in sorted({r["task"] for r in runs}):
-            rs = [r for r in runs if r["task"] == task]
-            Ts = sorted({r["T"] for r in rs})
-            names = [s.name for s in SPECS if any(r["name"] == s.name for r in rs)]
-            md.append(f"\n## {task}: final test loss / no-memory baseline (✓ solved: below 0.1)\n\n"
-                      f"Baseline: {'MSE 1/6' if task == 'adding' else 'cross-entropy 10 log 8 / (T+20)'}; "
-                      f"{rs[0]['steps']} steps of Adam (lr {rs[0]['lr']}, clip {rs[0]['clip_norm']}), "
-                      f"batch {rs[0]['batch']}, H={rs[0]['hidden_size']}.\n")
-            md.append("| cell | " + " | ".join(f"T={T}" for T in Ts) + " |")
-            md.append("|---|" + "---|" * len(Ts))
-            for name in names:
-                cells = []
-                for T in Ts:
-                    r = next((r for r in rs if r["name"] == name and r["T"] == T), None)
-                    if r is None:
-                        cells.append("")
-                    elif r["diverged"]:
-                        cells.append("diverged")
-                    else:
-                        rel = r["relative"]
-                        cells.append(f"{rel:.3f}" if rel < 100 else f"{rel:.2g}")
-                        cells[-1] += " ✓" if r["solved"] else ""
-                md.append(f"| {name} | " + " | ".join(cells) + " |")
-            ref = rs[0]
-            own = [r for r in rs if any(r.get(k, d) != ref.get(k, d) for k, d in
-                                        (("optimizer", "adam"), ("lr", None), ("batch", None),
-                                         ("hidden_size", None), ("lr_factors", {})))]
-            if own:
-                md.append("\nRows with their own recipe (Spec.recipe in benchmarks/vanishing.py):")
-            for r in own:
-                factors = "".join(f", lr of {k} x{v:g}" for k, v in (r.get("lr_factors") or {}).items())
-                md.append(f"- {r['name']} at T={r['T']}: {r.get('optimizer', 'adam')} lr {r['lr']:g}"
-                          f"{factors}, batch {r['batch']}, H={r['hidden_size']}, {r['steps']} steps.")
-            fig, axes = plt.subplots(1, len(Ts), figsize=(4 * len(Ts), 3.6), squeeze=False)
-            for ax, T in zip(axes[0], Ts):
-                for r in rs:
-                    if r["T"] == T:
-                        c = np.asarray(r["curve"], dtype=float)
-                        ax.semilogy(c[:, 0], c[:, 1] / r["baseline"], label=r["name"], lw=1)
-                ax.axhline(0.1, color="k", ls=":", lw=0.8)
-                ax.set_title(f"{task}, T={T}")
-                ax.set_xlabel("step")
-            axes[0][0].set_ylabel("train loss / baseline")
-            axes[0][-1].legend(fontsize=6)
-            fig.tight_layout()
-            fig.savefig(os.path.join(out, f"curves_{task}.png"), dpi=100)
-            plt.close(fig)
-        failed = [r for r in runs if not r["solved"] and r["task"] == "adding"]
-        if failed:
-            Tmax = max(r["T"] for r in failed)
-            fig, ax = plt.subplots(figsize=(8, 5))
-            for r in runs:
-                if r["task"] == "adding" and r["T"] == Tmax:
-                    n = np.asarray(r["trained_flow"], dtype=float)
-                    ax.semilogy(np.arange(len(n))[::-1], np.maximum(n, 1e-38),
-                                label=f"{r['name']} ({'solved' if r['solved'] else 'failed'})", lw=1)
-            ax.set_xlabel("T - 1 - t")
-            ax.set_ylabel("||dL / d carry_t|| after training")
-            ax.set_title(f"Gradient flow after training, adding T={Tmax}")
-            ax.legend(fontsize=7)
-            fig.tight_layout()
-            fig.savefig(os.path.join(out, "gradient_flow_trained.png"), dpi=110)
-            plt.close(fig)
-            md.append(f"\n`gradient_flow_trained.png`: `||dL/dcarry_t||` of every trained network on the "
-                      f"adding problem at T={Tmax} (test inputs): it separates the failures whose "
-                      "gradient vanishes from those whose gradient reaches the first marker but that "
-                      "still did not learn.")
-        md.append("\n" + literature_comparison(runs, runs[0]["steps"]))
+    grid = [r for r in runs if not r["paper"]]
+    order = {s.name: i for i, s in enumerate(SPECS_ALL)}
+    for task in sorted({r["task"] for r in grid}):
+        rs = [r for r in grid if r["task"] == task]
+        Ts = sorted({r["T"] for r in rs})
+        names = sorted({r["name"] for r in rs}, key=lambda n: order.get(n.split(" ")[0], 99))
+        ref = rs[0]["recipe"]
+        md.append(f"\n## {task}: equal budget — {rs[0]['steps']} steps of {ref['optimizer']} "
+                  f"(lr {ref['lr']:g}, clip {ref['clip_norm']}), batch {ref['batch']}, "
+                  f"H={ref['hidden_size']}, {rs[0]['seeds']} seeds per row\n")
+        md.append(TABLE_KEY + "\n")
+        md.append("| cell | " + " | ".join(f"T={T}" for T in Ts) + " |")
+        md.append("|---|" + "---|" * len(Ts))
+        for name in names:
+            row = []
+            for T in Ts:
+                r = next((r for r in rs if r["name"] == name and r["T"] == T), None)
+                row.append("" if r is None else _cell_text(r))
+            md.append(f"| {name} | " + " | ".join(row) + " |")
+        md.append("\n" + SOLVED_LINE.format(n=rs[0]["recipe"].get("test_size", "the")))
+        panels = [(T, sorted([r for r in rs if r["T"] == T], key=lambda r: order.get(r["row"], 99)))
+                  for T in Ts]
+        _curves(os.path.join(out, f"curves_{task}.png"), panels,
+                lambda T, rr: f"{task}, T={T}: test loss ({rr[0]['seeds']} seeds)", plt)
+    paper = [r for r in runs if r["paper"]]
+    if paper:
+        md += claims_table(runs)
+        md.append("\n" + SOLVED_LINE.format(n=paper[0]["recipe"].get("test_size", "the")))
+        panels = [((r["name"], r["task"], r["T"]), [r]) for r in paper]
+        _curves(os.path.join(out, "curves_paper.png"), panels,
+                lambda k, rr: f"{k[0]}: {k[1]}, T={k[2]} ({rr[0]['seeds']} seeds)", plt)
+    trained = [r for r in runs if r.get("trained_log10_flow")]
+    if trained:
+        groups = {}
+        for r in trained:
+            if r["paper"]:
+                groups.setdefault(("paper", r["task"], r["T"]), []).append(r)
+        for task in sorted({r["task"] for r in grid}):
+            Tmax = max(r["T"] for r in grid if r["task"] == task)
+            groups[("grid", task, Tmax)] = [r for r in grid if r["task"] == task and r["T"] == Tmax]
+        keys = sorted(groups, key=lambda k: (k[0] != "grid", k[1], k[2]))
+        cols = min(len(keys), 2)
+        nrows = -(-len(keys) // cols)
+        fig, axes = plt.subplots(nrows, cols, figsize=(7.5 * cols, 4.6 * nrows), squeeze=False)
+        for ax in axes.flat[len(keys):]:
+            ax.set_visible(False)
+        for ax, key in zip(axes.flat, keys):
+            for i, r in enumerate(groups[key]):
+                lg = np.asarray([np.nan if v is None else v for v in r["trained_log10_flow"]], float)
+                ax.plot(np.arange(len(lg))[::-1], lg, lw=1.2,
+                        label=f"{r['name']} ({'solved' if r['solved'] else 'not solved'})", **line_style(i))
+            ax.set_xlabel("T - 1 - t (steps back from the end)")
+            ax.set_ylabel("log10 ||dL / d carry_t|| after training")
+            ax.set_title(f"{'paper rows' if key[0] == 'paper' else 'equal budget'}: {key[1]}, T={key[2]} "
+                         "(seed with the median loss)", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6.5, ncol=1 if len(groups[key]) <= 12 else 2)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "gradient_flow_trained.png"), dpi=110)
+        plt.close(fig)
+        md.append("\n`gradient_flow_trained.png`: `log10 ||dL/dcarry_t||` of the trained networks (the "
+                  "seed with the median final loss) on 64 test sequences, for the longest T of each "
+                  "task and every paper row: it separates the failures whose gradient vanishes before "
+                  "the first marker from those whose gradient reaches it but that still did not learn.")
+    if grid:
+        md.append("\n" + literature_comparison(runs))
     notes = os.path.join(out, "notes.md")
     if os.path.exists(notes):  # the analysis written after reading the figures (kept by --replot)
         with open(notes) as fh:
@@ -479,152 +931,221 @@ def write_outputs(out: str, flows: list[dict], runs: list[dict], meta: dict) -> 
     return text
 
 
+def summary_table(runs: list[dict]) -> str:
+    """A short plain table for the terminal (``make demo``)."""
+    lines = []
+    if runs and all(r["task"] == "adding" for r in runs):
+        lines += ["The adding problem: T steps of (value, marker) pairs; output the sum of the two marked "
+                  "values at the end.", ""]
+    lines += [f"{'task':<7} {'T':>5}  {'cell':<22} {'seeds solved':>12}  {'median steps-to-solve':>21}  "
+              f"{'median test loss / baseline':>27}"]
+    for r in runs:
+        s = r["steps_to_solve_median"]
+        lines.append(f"{r['task']:<7} {r['T']:>5}  {r['name']:<22} {r['solved_seeds']:>6}/{r['seeds']:<5}  "
+                     f"{('not within ' + str(r['steps'])) if s is None else f'{s:.0f}':>21}  "
+                     f"{_fmt(r['ratio_median'], '.3f'):>27}")
+    lines.append("")
+    lines.append("solved: a seed's loss on held-out test sequences falls below 0.1 x the no-memory "
+                 "baseline (adding: MSE 1/6,\nwhat always predicting 1.0 scores) at one of its "
+                 "evaluations; a row is solved when at least half its seeds are.")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------------------- main
 
-# part 1 needs one row per cell and init; exprnn-paper differs from exprnn only in its training
-FLOW_SPECS = [s.name for s in SPECS if s.name != "exprnn-paper"]
-
 GRIDS = {
-    # flow_T, flow_specs, flow_H: part 1; train_specs, adding, copy, steps, H: part 2
-    "quick": dict(flow_T=300, flow_specs=FLOW_SPECS, flow_H=32,
-                  train_specs=["elman-orth", "lstm-fb1", "lstm-chrono"], adding=[50, 100], copy=[],
-                  steps=400, H=32),
-    "full": dict(flow_T=1000, flow_specs=FLOW_SPECS, flow_H=64,
-                 train_specs=[s.name for s in SPECS if s.train],
-                 adding=[50, 100, 200, 500, 1000], copy=[50, 100, 200], steps=1000, H=64,
+    # flow_T, flow_specs, flow_H: part 1; train_specs, adding, copy, steps, H, seeds: part 2
+    # quick: every compiled program costs seconds of CPU (about 16 s per trained row, 4 s per
+    # gradient flow on a 2-core x86), so the demo trains 3 rows and draws no gradient flow
+    "quick": dict(flow_T=200, flow_H=16, flow_specs=[],
+                  train_specs=["elman-orth", "lstm-fb1", "lstm-chrono"], adding=[50], copy=[],
+                  steps=300, H=24, seeds=4, eval_every=25, test_size=200, paper=False,
+                  trained_flow=False),
+    "full": dict(flow_T=1000, flow_H=64, flow_specs=None,  # None: every row with flow=True
+                 train_specs=None,  # None: every row with train=True
+                 adding=[50, 100, 200, 500, 1000], copy=[50, 100, 200], steps=1000, H=64, seeds=4,
+                 eval_every=50, test_size=500, paper=True, trained_flow=True,
                  # the copy task at T=500 only for the long-memory cells and the chrono LSTM
-                 copy_long=([500], ["lstm-chrono", "indrnn", "lru", "mingru", "minlstm", "exprnn"]),
-                 # rows with their own training recipe (Spec.recipe): (task, T, name)
-                 extra=[("copy", 500, "lru-long"), ("copy", 500, "exprnn-paper")]),
+                 copy_long=([500], ["lstm-chrono", "indrnn", "lru", "mingru", "minlstm", "exprnn",
+                                    "cornn", "lem", "linoss", "rglru", "slstm", "mlstm",
+                                    "antisymmetric", "lipschitz"])),
 }
 
 
-def _run_job(job):
-    kind, args = job
-    if kind == "flow":
-        return kind, flow_at_init(*args)
-    return kind, train_run(*args)
+def plan(grid: dict, *, cells: list[str] | None, steps: int | None, hidden: int | None, lr: float,
+         seeds: int | None, eval_every: int | None, test_size: int | None,
+         paper_steps: int | None) -> list[tuple[Spec, TrainConfig]]:
+    """The training rows of a grid: ``(spec, config)`` pairs, equal-budget grid then paper rows."""
+    avail = specs()
+    names = cells if cells is not None else [s.name for s in avail if s.train and (
+        grid["train_specs"] is None or s.name in grid["train_specs"])]
+    n_seeds = seeds or grid["seeds"]
+    out = []
+    for n in names:
+        s = spec_by_name(n)
+        if s.paper is not None:
+            continue
+        wanted = [("adding", T) for T in grid["adding"]] + [("copy", T) for T in grid["copy"]]
+        if "copy_long" in grid and n in grid["copy_long"][1]:
+            wanted += [("copy", T) for T in grid["copy_long"][0]]
+        for task, T in wanted:
+            out.append((s, TrainConfig(task=task, T=T, steps=steps or grid["steps"], H=hidden or grid["H"],
+                                       lr=lr, eval_every=eval_every or grid["eval_every"],
+                                       test_size=test_size or grid["test_size"], seeds=tuple(range(n_seeds)))))
+    paper_names = [n for n in names if spec_by_name(n).paper is not None] if cells is not None else (
+        [s.name for s in avail if s.paper is not None] if grid["paper"] else [])
+    for n in paper_names:
+        s = spec_by_name(n)
+        rc = s.recipe
+        for task, T in rc.runs:
+            budget = paper_steps or rc.steps
+            out.append((s, TrainConfig(
+                task=task, T=T, steps=budget, H=rc.H, batch=rc.batch, lr=rc.lr, lrs=rc.lrs, clip=rc.clip,
+                optimizer=rc.optimizer, lr_factors=rc.lr_factors, opt_kwargs=rc.opt_kwargs,
+                eval_every=min(eval_every or rc.eval_every, budget), test_size=test_size or grid["test_size"],
+                seeds=tuple(range(max(3, seeds or grid["seeds"]))))))
+    return out
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _versions() -> str:
+    import importlib.metadata as md
+
+    out = [f"python {platform.python_version()}"]
+    for pkg in ("jax", "jaxlib", "optax", "numpy", "rnnjax"):
+        try:
+            out.append(f"{pkg} {md.version(pkg)}")
+        except md.PackageNotFoundError:
+            pass
+    return ", ".join(out)
 
 
 def main(argv=None) -> int:
+    t_start = time.perf_counter()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--quick", action="store_true", help="the demo grid (< 3 min on 2 CPU cores)")
-    g.add_argument("--full", action="store_true", help="the whole grid (about an hour on 2 CPU cores)")
-    p.add_argument("--out", default="out/vanishing", help="output directory")
-    p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the grid's)")
-    p.add_argument("--hidden", type=int, default=None, help="hidden size (default: the grid's)")
-    p.add_argument("--cells", default=None, help="comma-separated cell names to train (default: the grid's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every run")
+    g.add_argument("--quick", action="store_true",
+                   help="the demo grid (what `make demo` runs: 3 cells, adding T=50, 4 seeds, 300 steps; "
+                        "about 40 s of CPU time on a 2-core x86); the default when neither is given")
+    g.add_argument("--full", action="store_true",
+                   help="the whole study: every cell, adding T=50..1000, copy T=50..500, 1000 steps, "
+                        "4 seeds, plus the paper rows (hours on 2 CPU cores; use --workdir)")
+    p.add_argument("--out", default="out/vanishing", help="output directory (results.json, results.md, plots)")
+    p.add_argument("--workdir", default=None,
+                   help="resumable working directory: finished rows are read back, an interrupted row "
+                        "resumes from the engine's checkpoints in <workdir>/<task>-T<T>-<row>/; "
+                        "None: no resume")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps per equal-budget row (None: the grid's, 300 quick / 1000 full)")
+    p.add_argument("--paper-steps", type=int, default=None,
+                   help="step budget of every paper row (None: each row's own, stated in the claims table)")
+    p.add_argument("--hidden", type=int, default=None,
+                   help="hidden size of the equal-budget rows (None: the grid's, 24 quick / 64 full)")
+    p.add_argument("--cells", default=None,
+                   help="comma-separated rows to train, e.g. lstm-fb1,indrnn-paper (None: the grid's); "
+                        "no gradient flow at initialisation is drawn then; known: "
+                        + ", ".join(s.name for s in specs()))
+    p.add_argument("--seeds", type=int, default=None,
+                   help="seeds per row (None: 4, which costs what 3 cost on 2 devices, as a sweep is "
+                        "padded to a multiple of the device count; paper rows at least 3)")
     p.add_argument("--lr", type=float, default=1e-2,
-                   help="Adam learning rate of every run (clip norm 1); rows with a recipe "
-                        "(lru-long, exprnn-paper) use their own lr, optimizer, H and batch")
-    p.add_argument("--jobs", type=int, default=1, help="worker processes (1: run in this process)")
+                   help="Adam learning rate of the equal-budget rows (clip norm 1); paper rows use "
+                        "their own optimizer, lr, H and batch")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="evaluate the held-out test loss every this many steps (None: the grid's, "
+                        "25 quick / 50 full; paper rows their own)")
+    p.add_argument("--test-size", type=int, default=None,
+                   help="held-out test sequences (None: 200 quick / 500 full)")
+    p.add_argument("--no-flow", action="store_true", help="skip the gradient flow at initialisation")
+    p.add_argument("--flow-only", action="store_true",
+                   help="only part 1: the gradient flow at initialisation of every cell (minutes), "
+                        "no training rows")
     p.add_argument("--replot", action="store_true",
                    help="only rewrite results.md and the plots from --out/results.json")
-    p.add_argument("--extend", action="store_true",
-                   help="run only the training runs of --cells (no gradient-flow part) and merge "
-                        "them into --out/results.json (a run with the same task, T and cell is "
-                        "replaced); the command is added to the recorded ones")
     args = p.parse_args(argv)
-    if args.extend and not args.cells:
-        p.error("--extend needs --cells (the rows to add)")
     path = os.path.join(args.out, "results.json")
-    if args.extend and not os.path.exists(path):
-        p.error(f"--extend: no {path} to extend (run the study into --out first)")
     if args.replot:
+        if not os.path.exists(path):
+            p.error(f"--replot: no {path}")
         with open(path) as fh:
             data = json.load(fh)
+        if data["runs"] and "per_seed" not in data["runs"][0]:
+            p.error(f"--replot: {path} is from the single-seed study; rerun the study to regenerate it")
         print(write_outputs(args.out, data["flows"], data["runs"], data["meta"]))
         return 0
+    for name in ("steps", "paper_steps", "hidden", "eval_every", "test_size"):
+        v = getattr(args, name)
+        if v is not None and v <= 0:
+            p.error(f"--{name.replace('_', '-')} must be positive, got {v}")
+    if args.seeds is not None and args.seeds < 1:
+        p.error(f"--seeds must be positive, got {args.seeds}")
+    if not args.lr > 0:
+        p.error(f"--lr must be positive, got {args.lr}")
     grid = dict(GRIDS["full" if args.full else "quick"])
-    steps = args.steps or grid["steps"]
-    H = args.hidden or grid["H"]
-    train_specs = args.cells.split(",") if args.cells else grid["train_specs"]
-    unknown = [c for c in train_specs if c not in SPEC_BY_NAME]
-    if unknown:
-        p.error(f"--cells: unknown {unknown}; known: {', '.join(SPEC_BY_NAME)}")
-    if steps <= 0 or H <= 0:
-        p.error("--steps and --hidden must be positive")
-
-    jobs = [] if args.extend else \
-        [("flow", (SPEC_BY_NAME[n], grid["flow_T"], grid["flow_H"], 16, args.seed)) for n in grid["flow_specs"]]
-    common = [n for n in train_specs if not SPEC_BY_NAME[n].recipe]
-    runs_wanted = [(task, T, n) for task, Ts in (("adding", grid["adding"]), ("copy", grid["copy"]))
-                   for T in Ts for n in common]
-    if "copy_long" in grid:
-        Ts, names = grid["copy_long"]
-        runs_wanted += [("copy", T, n) for T in Ts for n in names if n in common]
-    runs_wanted += [(task, T, n) for task, T, n in grid.get("extra", [])
-                    if args.cells is None or n in train_specs]
-    for task, T, n in runs_wanted:
-        cfg = dict(task=task, T=T, steps=steps, H=H, seed=args.seed, lr=args.lr)
-        cfg.update(SPEC_BY_NAME[n].recipe)
-        jobs.append(("train", (n, TrainConfig(**cfg))))
-    if not jobs:
+    cells = args.cells.split(",") if args.cells else None
+    try:
+        for n in cells or []:
+            spec_by_name(n)
+        rows = plan(grid, cells=cells, steps=args.steps, hidden=args.hidden, lr=args.lr, seeds=args.seeds,
+                    eval_every=args.eval_every, test_size=args.test_size, paper_steps=args.paper_steps)
+    except ValueError as e:
+        p.error(f"--cells: {e}")
+    flow_names = [] if args.no_flow or cells is not None else (
+        [s.name for s in specs() if s.flow] if grid["flow_specs"] is None else grid["flow_specs"])
+    if args.flow_only:
+        if args.no_flow or cells is not None:
+            p.error("--flow-only draws every cell's flow: it cannot be combined with --no-flow or --cells")
+        rows = []
+    if not rows and not flow_names:
         p.error(f"no runs: the grid has none for --cells {args.cells}")
 
     import jax
 
-    t0 = time.perf_counter()
-    flows, runs = [], []
-    if args.jobs > 1:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as ex:
-            results = ex.map(_run_job, sorted(jobs, key=lambda j: -_cost(j)))
-            for kind, res in results:
-                (flows if kind == "flow" else runs).append(res)
-                _progress(kind, res, t0)
-    else:
-        for job in jobs:
-            kind, res = _run_job(job)
-            (flows if kind == "flow" else runs).append(res)
-            _progress(kind, res, t0)
+    flows = []
+    for n in flow_names:
+        flows.append(flow_at_init(spec_by_name(n), grid["flow_T"], grid["flow_H"], 16, 0))
+        f = flows[-1]
+        print(f"[{time.perf_counter() - t_start:6.0f}s] flow {f['name']:<18} rate/step {_fmt(f['rate'], '.4f')}",
+              flush=True)
+    runs = []
+    for spec, cfg in rows:
+        new = train_row(spec, cfg, workdir=args.workdir, trained_flow=grid["trained_flow"],
+                        progress=args.full)
+        for r in new:
+            print(f"[{time.perf_counter() - t_start:6.0f}s] {r['task']:<6} T={r['T']:<5} {r['name']:<22} "
+                  f"{r['solved_seeds']}/{r['seeds']} solved, median loss/baseline {_fmt(r['ratio_median'], '.3f')}"
+                  + (" (read back from the workdir)" if r.get("resumed") else f" ({r['seconds']:.0f}s)"),
+                  flush=True)
+        runs += new
     command = "python benchmarks/vanishing.py " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = {"command": command,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-            "jax": jax.__version__, "backend": jax.default_backend(), "H": grid["flow_H"],
-            "seconds": time.perf_counter() - t0}
-    if args.extend:
-        with open(path) as fh:
-            old = json.load(fh)
-        new_keys = {(r["task"], r["T"], r["name"]) for r in runs}
-        runs = [r for r in old["runs"] if (r["task"], r["T"], r["name"]) not in new_keys] + runs
-        flows = old["flows"]
-        meta = {**old["meta"], "command": old["meta"]["command"] + " && " + command,
-                "seconds": old["meta"]["seconds"] + meta["seconds"]}
-    order = {s.name: i for i, s in enumerate(SPECS)}
-    flows.sort(key=lambda f: order[f["name"]])
-    runs.sort(key=lambda r: (r["task"], r["T"], order[r["name"]]))
+            "machine": f"{_cpu_model()}, {os.cpu_count()} cores, {platform.platform()}; "
+                       f"{len(jax.devices())} {jax.default_backend()} device(s)",
+            "versions": _versions(), "backend": jax.default_backend(), "H": grid["flow_H"],
+            "seconds": time.perf_counter() - t_start,
+            "compute_seconds": float(sum(r["seconds"] for r in runs))}
     text = write_outputs(args.out, flows, runs, meta)
-    print(text)
-    print(f"wrote {args.out}/results.json, results.md and plots")
+    if args.full:
+        print(text)
+    else:
+        print(summary_table(runs))
+    print(f"\nwrote {args.out}/results.json, results.md and plots in {meta['seconds']:.0f} s")
     return 0
 
 
-def _fmt(v, spec: str) -> str:
-    return "n/a" if v is None else format(v, spec)
-
-
-def _cost(job) -> float:
-    kind, args = job
-    if kind == "flow":
-        return args[1] * 0.05
-    cfg = args[1]
-    return (cfg.T + (20 if cfg.task == "copy" else 0)) * cfg.steps
-
-
-def _progress(kind, res, t0):
-    el = time.perf_counter() - t0
-    if kind == "flow":
-        print(f"[{el:6.0f}s] flow {res['name']:<18} rate/step {_fmt(res['rate'], '.4f')}", flush=True)
-    else:
-        print(f"[{el:6.0f}s] {res['task']:<6} T={res['T']:<5} {res['name']:<14} "
-              f"loss/baseline {_fmt(res['relative'], '.3f')} {'solved' if res['solved'] else ''} "
-              f"({res['seconds']:.0f}s)", flush=True)
-
-
 if __name__ == "__main__":
+    import rnnjax.sweep
+
+    rnnjax.sweep.cpu_devices()  # one CPU device per core, so a row's seeds run on all cores
     sys.exit(main())

@@ -1,122 +1,281 @@
-"""The gradient-vanishing study's pieces, end to end in a tiny configuration."""
+"""The gradient-vanishing study: its pieces, and the study end to end in a tiny configuration."""
 
 import json
+import math
 import os
 import sys
-import warnings
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+
+import rnnjax
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import vanishing  # noqa: E402
 
 
+def tiny(task="adding", T=10, steps=20, **kw):
+    base = dict(task=task, T=T, steps=steps, H=4, batch=4, lr=1e-2, eval_every=10, test_size=8,
+                seeds=(0, 1, 2))
+    return vanishing.TrainConfig(**{**base, **kw})
+
+
+# ----------------------------------------------------------------------------- pure pieces
+
+
 def test_decay_rate_recovers_a_geometric_series():
     T = 50
     norms = 0.8 ** (T - 1 - np.arange(T)) * 3.0
-    assert vanishing.decay_rate(norms) == pytest.approx(0.8, rel=1e-9)
-    norms[:10] = 0.0  # underflowed steps are ignored
-    assert vanishing.decay_rate(norms) == pytest.approx(0.8, rel=1e-9)
+    assert vanishing.decay_rate(norms) == pytest.approx(0.8, rel=1e-6)  # rnnjax.log10_decay_rate fits in float32
+    lg = np.log10(norms)
+    assert vanishing.decay_rate(log10_norms=lg) == pytest.approx(0.8, rel=1e-6)
+    # far beyond float32's range in log space (1e-400): the fit still sees every step
+    lg_deep = (T - 1 - np.arange(T)) * -10.0
+    assert vanishing.decay_rate(log10_norms=lg_deep) == pytest.approx(1e-10, rel=1e-6)
+    norms[:10] = 0.0  # underflowed steps (log -inf) are ignored
+    assert vanishing.decay_rate(norms) == pytest.approx(0.8, rel=1e-6)
+    with pytest.raises(ValueError, match="exactly one"):
+        vanishing.decay_rate(norms, log10_norms=lg)
 
 
-def test_every_spec_builds_and_flows():
-    for spec in vanishing.SPECS:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # e.g. complex norms cast to real (LRU)
-            f = vanishing.flow_at_init(spec, T=12, H=8, B=2, seed=0)
-        n = np.asarray(f["norms"])
-        assert n.shape == (12,) and np.all(np.isfinite(n)) and n[:-1].max() > 0, spec.name
+def test_steps_to_solve_is_the_first_evaluation_below_the_threshold():
+    steps = np.array([10, 20, 30, 40, 50])
+    losses = np.array([0.5, np.nan, 0.09, 0.2, 0.01])  # solved at 30, then worse, then better
+    assert vanishing.steps_to_solve(steps, losses, 0.1) == 30
+    assert vanishing.steps_to_solve(steps, losses, 0.01) is None  # strictly below
+    assert vanishing.steps_to_solve(steps, [np.inf, 1, 1, 1, 0.0], 0.1) == 50
+    with pytest.raises(ValueError, match="one length"):
+        vanishing.steps_to_solve(steps, losses[:3], 0.1)
+    # median over seeds, an unsolved seed counting as never
+    assert vanishing.median_steps([30, None, 10]) == 30
+    assert vanishing.median_steps([30, None, 10, 20]) == 25
+    assert vanishing.median_steps([30, None, None]) is None
+    assert vanishing.median_steps([30, None, None, 10]) is None
 
 
-def test_elman_flow_decays_no_slower_than_its_spectral_radius():
-    # dh_t/dh_{t-1} = diag(tanh') W_h with |tanh'| <= 1: asymptotically at most rho per step
-    f = vanishing.flow_at_init(vanishing.SPEC_BY_NAME["elman-rho0.9"], T=120, H=16, B=4, seed=0)
-    assert f["rate"] < 0.9 + 0.02
-    # the orthogonal expRNN with modReLU keeps the norm (rate 1 up to the bias's effect)
-    g = vanishing.flow_at_init(vanishing.SPEC_BY_NAME["exprnn"], T=60, H=16, B=4, seed=0)
-    assert g["rate"] == pytest.approx(1.0, abs=0.02)
+def test_curve_styles_are_distinct_for_25_rows():
+    styles = [tuple(sorted(vanishing.line_style(i).items())) for i in range(25)]
+    assert len(set(styles)) == 25
+    for a, b in zip(styles, styles[1:]):  # neighbours differ in colour AND line style
+        assert a[0] != b[0] and a[1] != b[1]
 
 
-def test_train_and_report(tmp_path):
-    runs = [vanishing.train_run(name, vanishing.TrainConfig(task=task, T=T, steps=20, H=8, batch=8,
-                                                            chunk=10, test_size=16))
-            for name, task, T in [("lstm-fb1", "adding", 10), ("gru-before", "copy", 5),
-                                  ("indrnn", "adding", 10)]]
-    flows = [vanishing.flow_at_init(vanishing.SPEC_BY_NAME["lstm-fb1"], T=12, H=8, B=2, seed=0)]
-    meta = {"command": "test", "machine": "test", "jax": "x", "backend": "cpu", "H": 8, "seconds": 0.0}
-    text = vanishing.write_outputs(str(tmp_path), flows, runs, meta)
-    data = json.loads((tmp_path / "results.json").read_text())
-    for rec in data["records"]:
-        assert {"task", "cell", "init", "T", "metric", "value", "baseline", "solved"} <= set(rec)
-    adding = [r for r in data["records"] if r["task"] == "adding"]
-    assert adding[0]["baseline"] == pytest.approx(1 / 6)
-    assert adding[0]["solved"] == (adding[0]["value"] < 0.1 / 6)
-    copy = [r for r in data["records"] if r["task"] == "copy"][0]
-    assert copy["baseline"] == pytest.approx(10 * np.log(8) / 25)
-    assert "| lstm-fb1 |" in text and (tmp_path / "gradient_flow.png").exists()
-    assert (tmp_path / "curves_adding.png").exists() and (tmp_path / "curves_copy.png").exists()
-    # IndRNN's projection keeps |u| within the paper's bound for the horizon
-    assert all(r["nonfinite_steps"] == 0 for r in runs)
+def test_every_spec_builds():
+    x = jax.ShapeDtypeStruct((2, 2), jnp.float32)
+    for spec in vanishing.specs():  # by shapes only (nothing compiled): every factory call is valid
+        cell, project = vanishing.make_model(spec, 4, 10)
+        try:
+            params = jax.eval_shape(lambda k: cell.init(k, 2), jax.random.key(0))
+        except jax.errors.TracerArrayConversionError:  # an initialiser that needs concrete values
+            params = cell.init(jax.random.key(0), 2)
+        _, y = jax.eval_shape(lambda p, x: cell.apply(p, cell.initial_carry(p, (2,)), x), params, x)
+        assert y.shape[0] == 2 and y.dtype == jnp.float32, spec.name
+        assert (project is not None) == spec.name.startswith("indrnn"), spec.name
 
 
-def test_a_diverged_run_is_reported_in_strict_json(tmp_path):
-    r = vanishing.train_run("jordan", vanishing.TrainConfig(task="adding", T=300, steps=20, H=8, batch=8,
-                                                            chunk=10, test_size=16, lr=1.0))
-    assert r["diverged"] and r["value"] is None and not r["solved"]
-    meta = {"command": "test", "machine": "test", "jax": "x", "backend": "cpu", "H": 8, "seconds": 0.0}
-    vanishing.write_outputs(str(tmp_path), [], [r], meta)
-    json.loads((tmp_path / "results.json").read_text(), parse_constant=lambda c: pytest.fail(c))
-    assert vanishing.main(["--replot", "--out", str(tmp_path)]) == 0
-    assert "| jordan | diverged |" in (tmp_path / "results.md").read_text()
+def test_recipe_arguments_are_never_dropped(monkeypatch):
+    def fake(hidden_size, *, dt=1.0):  # a coRNN factory without gamma and epsilon
+        return rnnjax.elman(hidden_size)
+
+    monkeypatch.setattr(rnnjax, "cornn", fake, raising=False)
+    with pytest.raises(TypeError, match="gamma"):
+        vanishing.make_model(vanishing.spec_by_name("cornn-paper"), 4, 10)
+    with pytest.raises(ValueError, match="unknown row"):
+        vanishing.spec_by_name("nope")
 
 
-def test_lr_factors_scale_one_leaf_of_the_update():
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    import rnnjax
-
-    params = {"cell": {"a": jnp.ones((3, 3)), "w_x": jnp.ones((2, 3))}, "readout": {"w": jnp.ones(3)}}
-    grads = jax.tree.map(lambda p: jnp.arange(p.size, dtype=jnp.float32).reshape(p.shape) - 2.0, params)
-    base = rnnjax.optimizer("rmsprop", 1e-3, clip_norm=1.0)
-    tx = optax.chain(base, vanishing.scale_cell_leaves({"a": 0.1}))
-    u_base, _ = base.update(grads, base.init(params), params)
-    u, _ = tx.update(grads, tx.init(params), params)
-    np.testing.assert_allclose(u["cell"]["a"], 0.1 * u_base["cell"]["a"], rtol=1e-6)
-    np.testing.assert_array_equal(u["cell"]["w_x"], u_base["cell"]["w_x"])
-    np.testing.assert_array_equal(u["readout"]["w"], u_base["readout"]["w"])
+# ----------------------------------------------------------------------------- the recipes
 
 
-def test_recipe_rows_and_extend(tmp_path, monkeypatch):
-    # a committed study with one run; --extend adds a row with its own recipe and keeps the rest
-    old = vanishing.train_run("lstm-fb1", vanishing.TrainConfig(task="copy", T=3, steps=10, H=4,
-                                                                batch=4, chunk=10, test_size=8))
-    flows = [vanishing.flow_at_init(vanishing.SPEC_BY_NAME["lstm-fb1"], T=6, H=4, B=2, seed=0)]
-    meta = {"command": "first", "machine": "m", "jax": "x", "backend": "cpu", "H": 4, "seconds": 1.0}
-    vanishing.write_outputs(str(tmp_path), flows, [old], meta)
-    grid = dict(vanishing.GRIDS["quick"], adding=[], copy=[], extra=[("copy", 3, "exprnn-paper")])
+def test_paper_rows_carry_their_papers_recipes():
+    rows = vanishing.plan(vanishing.GRIDS["full"], cells=None, steps=None, hidden=None, lr=1e-2,
+                          seeds=None, eval_every=None, test_size=None, paper_steps=None)
+    paper = {(s.name, c.T): c for s, c in rows if s.paper is not None}
+    ind = paper[("indrnn-paper", 1000)]
+    assert ("indrnn-paper", 5000) in paper
+    assert (ind.H, ind.batch, ind.lr, ind.optimizer, ind.clip) == (128, 32, 2e-4, "adam", None)
+    chrono = paper[("lstm-chrono-paper", 500)]
+    assert (chrono.task, chrono.H, chrono.optimizer, chrono.lr, dict(chrono.opt_kwargs)["decay"]) == \
+        ("copy", 128, "rmsprop", 1e-3, 0.9)
+    exp = paper[("exprnn-paper", 1000)]
+    assert (exp.H, exp.batch, exp.lr, dict(exp.lr_factors), exp.clip) == (190, 128, 2e-4, {"a": 0.1}, None)
+    irnn = paper[("irnn-paper", 150)]
+    assert (irnn.H, irnn.optimizer, irnn.batch, irnn.lrs) == (100, "sgd", 16, (1e-2, 1e-3))
+    assert all(len(c.seeds) >= 3 for c in paper.values())
+    grid = [(s, c) for s, c in rows if s.paper is None]
+    assert all(c.steps == 1000 and len(c.seeds) >= 3 for _, c in grid)
+    assert {c.T for _, c in grid if c.task == "adding"} == {50, 100, 200, 500, 1000}
+    # the chrono LSTM's T_max is 3T/2: b_f = log U[1, T_max - 1], b_i = -b_f
+    cfg = tiny(task="copy", T=20, H=16, optimizer="rmsprop", lr=1e-3, clip=None, opt_kwargs=(("decay", 0.9),))
+    init_fn = vanishing.build_training(vanishing.spec_by_name("lstm-chrono-paper"), cfg).init_fn
+    state = init_fn({"lr": 1e-3, "seed": 0})
+    b = np.asarray(state.params["cell"]["b"])
+    H = 16
+    assert b[H:2 * H].min() >= 0 and b[H:2 * H].max() <= math.log(1.5 * 20 - 1) + 1e-6
+    assert b[H:2 * H].max() > math.log(20 - 1)  # beyond what chrono=T would allow
+    np.testing.assert_array_equal(b[:H], -b[H:2 * H])
+    hp = state.opt_state.hyperparams
+    assert float(hp["decay"]) == pytest.approx(0.9) and math.isinf(float(hp["clip_norm"]))
+
+
+def test_indrnn_paper_keeps_u_within_the_bound():
+    T = 10
+    bound = 2.0 ** (1.0 / T)
+    cfg = tiny(T=T, H=8, lr=0.3, clip=None)  # a large rate: without the projection u would leave
+    init_fn, step_fn, batch_fn = vanishing.build_training(vanishing.spec_by_name("indrnn-paper"), cfg)[:3]
+    config = {"lr": jnp.float32(0.3), "seed": jnp.int32(0)}
+    state = init_fn(config)
+    l1, l2 = state.params["cell"]
+    assert np.all((np.asarray(l1["u"]) >= 0) & (np.asarray(l1["u"]) <= bound))
+    assert np.all((np.asarray(l2["u"]) >= 1 / bound) & (np.asarray(l2["u"]) <= bound))
+    assert np.abs(np.asarray(l1["w_x"])).max() < 0.006  # N(0, 0.001^2)
+    step = jax.jit(lambda s, t: step_fn(s, batch_fn(config, t), config))
+    for t in range(5):
+        state, _ = step(state, jnp.int32(t))
+    us = np.concatenate([np.abs(np.asarray(p["u"])) for p in state.params["cell"]])
+    assert us.max() <= bound * (1 + 1e-6)
+    assert np.isclose(us, bound, rtol=1e-6).any()  # the projection was active
+
+
+def test_exprnn_paper_trains_the_skew_parameter_at_a_tenth_of_the_rate():
+    spec = vanishing.spec_by_name("exprnn-paper")
+    kw = dict(task="copy", T=3, H=4, optimizer="rmsprop", lr=2e-4, clip=None, opt_kwargs=(("decay", 0.99),))
+    config = {"lr": 2e-4, "seed": 0}
+    updates = []
+    for factors in ((("a", 0.1),), ()):
+        t = vanishing.build_training(spec, tiny(lr_factors=factors, **kw))
+        params = t.init_fn(config).params
+        grads = jax.tree.map(lambda p: jnp.linspace(-1.0, 2.0, p.size).reshape(p.shape), params)
+        tx = t.make_tx(config)
+        u, _ = tx.update(grads, tx.init(params), params)
+        updates.append(jax.tree.map(np.asarray, u))
+    np.testing.assert_allclose(updates[0]["cell"]["a"], 0.1 * updates[1]["cell"]["a"], rtol=1e-6)
+    assert np.abs(updates[1]["cell"]["a"]).max() > 1e-4  # RMSprop's first step: about 2e-4 / sqrt(0.01)
+    np.testing.assert_array_equal(updates[0]["cell"]["w_x"], updates[1]["cell"]["w_x"])
+    np.testing.assert_array_equal(updates[0]["readout"]["w"], updates[1]["readout"]["w"])
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_quick_path_end_to_end(tmp_path, monkeypatch, capsys):
+    grid = dict(vanishing.GRIDS["quick"], adding=[10], steps=20, H=4, seeds=3, eval_every=10, test_size=8,
+                train_specs=["elman-orth"], flow_specs=["elman-rho0.9"], flow_T=40, flow_H=8,
+                trained_flow=True)
     monkeypatch.setitem(vanishing.GRIDS, "quick", grid)
-    monkeypatch.setattr(vanishing.TrainConfig, "__init__", _small_config(vanishing.TrainConfig.__init__))
-    assert vanishing.main(["--extend", "--cells", "exprnn-paper", "--out", str(tmp_path)]) == 0
-    data = json.loads((tmp_path / "results.json").read_text())
-    names = [(r["name"], r["T"]) for r in data["runs"]]
-    assert names == [("lstm-fb1", 3), ("exprnn-paper", 3)]
-    new = data["runs"][1]
-    recipe = vanishing.SPEC_BY_NAME["exprnn-paper"].recipe
-    assert new["optimizer"] == "rmsprop" and new["lr"] == recipe["lr"] and new["lr_factors"] == {"a": 0.1}
-    assert data["meta"]["command"].startswith("first && python benchmarks/vanishing.py --extend")
-    assert len(data["flows"]) == 1
+    assert vanishing.main(["--quick", "--out", str(tmp_path)]) == 0
+    shown = capsys.readouterr().out
+    assert "seeds solved" in shown and "solved: a seed's loss on held-out" in shown
+    data = json.loads((tmp_path / "results.json").read_text(), parse_constant=pytest.fail)
+    assert data["meta"]["command"] == f"python benchmarks/vanishing.py --quick --out {tmp_path}"
+    assert "jax" in data["meta"]["versions"] and "cores" in data["meta"]["machine"]
+    (run,) = data["runs"]
+    rec = next(r for r in data["records"] if r["task"] == "adding")
+    for k in ("task", "cell", "T", "seeds", "solved_seeds", "solved", "per_seed", "final_loss_median",
+              "final_loss_iqr", "recipe"):
+        assert k in rec, k
+    assert rec["seeds"] == 3 and len(rec["per_seed"]) == 3 and run["eval_steps"] == [10, 20]
+    finals = [p["final_test_loss"] for p in rec["per_seed"]]
+    assert finals == [c[-1] for c in run["test_loss"]]
+    assert rec["final_loss_median"] == pytest.approx(np.median(finals))
+    assert rec["final_loss_iqr"] == pytest.approx(np.percentile(finals, [25, 75]).tolist())
+    for p, curve in zip(rec["per_seed"], run["test_loss"]):
+        assert p["steps_to_solve"] == vanishing.steps_to_solve([10, 20], curve, rec["baseline"] / 10)
+    assert rec["solved"] == (2 * rec["solved_seeds"] >= 3)
+    assert rec["recipe"]["hidden_size"] == 4 and rec["recipe"]["steps"] == 20
+    # the engine's test loss equals training seed 1 alone in a Python loop, then evaluating
+    cfg = vanishing.TrainConfig(task="adding", T=10, steps=20, H=4, eval_every=10, test_size=8, seeds=(0, 1, 2))
+    init_fn, step_fn, batch_fn, eval_fn = vanishing.build_training(vanishing.spec_by_name("elman-orth"), cfg)[:4]
+    config = {"lr": jnp.float32(1e-2), "seed": jnp.int32(1)}
+    state = init_fn(config)
+    step = jax.jit(lambda s, t: step_fn(s, batch_fn(config, t), config))
+    for t in range(20):
+        state, _ = step(state, jnp.int32(t))
+    assert float(eval_fn(state.params, config)["test_loss"]) == pytest.approx(finals[1], rel=1e-4)
     md = (tmp_path / "results.md").read_text()
-    assert "- exprnn-paper at T=3: rmsprop lr 0.001, lr of a x0.1" in md
-    with pytest.raises(SystemExit):  # nothing to extend
-        vanishing.main(["--extend", "--cells", "exprnn-paper", "--out", str(tmp_path / "none")])
+    assert "| elman-orth | " in md and "**solved**" in md and "k/n" in md
+    for png in ("gradient_flow.png", "curves_adding.png", "gradient_flow_trained.png"):
+        assert (tmp_path / png).stat().st_size > 1000, png
+    # the gradient flow at initialisation, in log space: dh_t/dh_{t-1} = diag(tanh') W_h with
+    # |tanh'| <= 1 decays at least as fast as the spectral radius 0.9 per step
+    (flow,) = data["flows"]
+    lg = np.asarray(flow["log10_norms"], float)
+    assert lg.shape == (40,) and np.all(np.isfinite(lg)) and flow["rate"] < 0.9 + 0.02
+    assert flow["rate"] == pytest.approx(vanishing.decay_rate(log10_norms=lg))
 
 
-def _small_config(init):
-    def small(self, *args, **kwargs):  # the recipe's H=128, batch 64 made tiny for the test
-        init(self, *args, **kwargs)
-        self.H, self.batch, self.steps, self.chunk, self.test_size = 4, 4, 10, 10, 8
+def test_a_row_resumes_from_its_workdir(tmp_path):
+    spec = vanishing.spec_by_name("elman-orth")
+    first = vanishing.train_row(spec, tiny(), workdir=str(tmp_path), trained_flow=False)
+    again = vanishing.train_row(spec, tiny(), workdir=str(tmp_path), trained_flow=False)
+    assert again[0].get("resumed") and again[0]["test_loss"] == first[0]["test_loss"]
+    # a killed run: the row's record is gone, the engine's checkpoints are there; a larger budget
+    # continues from them and equals a run of that budget from scratch
+    os.remove(tmp_path / "adding-T10-elman-orth" / "row.json")
+    longer = vanishing.train_row(spec, tiny(steps=40), workdir=str(tmp_path), trained_flow=False)
+    fresh = vanishing.train_row(spec, tiny(steps=40), trained_flow=False)
+    assert not longer[0].get("resumed") and longer[0]["eval_steps"] == [10, 20, 30, 40]
+    np.testing.assert_allclose(np.asarray(longer[0]["test_loss"], float),
+                               np.asarray(fresh[0]["test_loss"], float), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(longer[0]["test_loss"], float)[:, :2],
+                               np.asarray(first[0]["test_loss"], float), rtol=1e-6)
 
-    return small
+
+def test_a_row_that_sweeps_learning_rates_reports_each(tmp_path):
+    spec = vanishing.spec_by_name("irnn-paper")
+    runs = vanishing.train_row(spec, tiny(T=6, steps=10, eval_every=5, optimizer="sgd", clip=10.0,
+                                          lrs=(1e-2, 1e-3), batch=2), trained_flow=False)
+    assert [r["name"] for r in runs] == ["irnn-paper lr=0.01", "irnn-paper lr=0.001"]
+    assert all(r["seeds"] == 3 and r["recipe"]["optimizer"] == "sgd" for r in runs)
+    assert runs[0]["recipe"]["lr"] == 1e-2 and runs[1]["recipe"]["lr"] == 1e-3
+    assert runs[0]["test_loss"] != runs[1]["test_loss"]
+
+
+def _synthetic_run(row, task, T, finals, paper=False, steps=100):
+    base = 1 / 6 if task == "adding" else 10 * math.log(8) / (T + 20)
+    curves = [[base, f] for f in finals]
+    per = [{"seed": i, "final_test_loss": f, "final_ratio": f / base,
+            "steps_to_solve": vanishing.steps_to_solve([50, 100], c, base / 10), "nonfinite_steps": 0}
+           for i, (f, c) in enumerate(zip(finals, curves))]
+    k = sum(p["steps_to_solve"] is not None for p in per)
+    return {"task": task, "cell": row, "name": row, "row": row, "init": "x", "T": T, "metric": "m",
+            "baseline": base, "threshold": base / 10, "seeds": len(finals), "solved_seeds": k,
+            "solved": 2 * k >= len(finals), "per_seed": per, "final_loss_median": float(np.median(finals)),
+            "final_loss_iqr": np.percentile(finals, [25, 75]).tolist(),
+            "ratio_median": float(np.median(finals)) / base,
+            "steps_to_solve_median": vanishing.median_steps([p["steps_to_solve"] for p in per]),
+            "diverged_seeds": 0, "recipe": {"hidden_size": 4, "optimizer": "adam", "lr": 0.01,
+                                            "clip_norm": 1.0, "batch": 32},
+            "paper": paper, "steps": steps, "seconds": 1.0, "eval_steps": [50, 100], "test_loss": curves,
+            "train_loss_median": [[1, 0.2], [100, 0.1]], "trained_log10_flow": [-3.0, -2.0, None, 0.0]}
+
+
+def test_tables_claims_and_replot(tmp_path):
+    runs = [_synthetic_run("lstm-fb1", "adding", 50, [0.001, 0.002, 0.2]),
+            _synthetic_run("elman-orth", "adding", 50, [0.2, 0.16, 0.01]),
+            _synthetic_run("indrnn-paper", "adding", 1000, [0.1, 0.2, 0.3], paper=True, steps=3000)]
+    meta = {"command": "test", "machine": "m", "versions": "v", "backend": "cpu", "H": 4, "seconds": 1.0}
+    text = vanishing.write_outputs(str(tmp_path), [], runs, meta)
+    assert "| lstm-fb1 | 2/3 ✓ · 100 · 0.012 |" in text  # median steps: seeds at 100, 100, never
+    assert "| elman-orth | 1/3 · — · 0.960 |" in text
+    claim = next(line for line in text.splitlines() if line.startswith("| indrnn-paper"))
+    assert "2^(1/T)" in claim and "here 3000 steps; paper: order 10^4" in claim and "0/3 seeds solved" in claim
+    assert claim.endswith("| not reproduced at this budget |")
+    for png in ("curves_adding.png", "curves_paper.png", "gradient_flow_trained.png"):
+        assert (tmp_path / png).exists()
+    os.remove(tmp_path / "results.md")
+    assert vanishing.main(["--replot", "--out", str(tmp_path)]) == 0
+    assert "| lstm-fb1 | 2/3 ✓" in (tmp_path / "results.md").read_text()
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "results.json").write_text(json.dumps({"meta": {}, "flows": [], "runs": [{"value": 1}]}))
+    with pytest.raises(SystemExit):
+        vanishing.main(["--replot", "--out", str(old)])
+
+
+def test_bad_flags_are_refused():
+    for argv in (["--steps", "0"], ["--seeds", "0"], ["--cells", "nope"], ["--lr", "-1"]):
+        with pytest.raises(SystemExit):
+            vanishing.main(argv)
