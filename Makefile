@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 JOBS ?= 2
 
-.PHONY: demo test test-slow clean
+.PHONY: demo test test-slow docs clean
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,14 +17,23 @@ $(VENV)/.dev: $(VENV)/.core
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+$(VENV)/.docs: $(VENV)/.core
+	$(PY) -m pip install -q -e '.[docs]'
+	touch $@
+
 demo: $(VENV)/.core
 	$(PY) benchmarks/vanishing.py --quick --out out/demo
 
 test: $(VENV)/.dev
-	$(PY) -m pytest -n $(JOBS)
+	$(PY) -m pytest -n $(JOBS) --dist worksteal
 
 test-slow: $(VENV)/.dev
 	$(PY) -m pytest -m slow
 
+# The documentation site (mkdocs-material + mkdocstrings): built into site/; --strict turns every
+# warning (a broken link, a name mkdocstrings cannot find) into a failure.
+docs: $(VENV)/.docs
+	$(PY) -m mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) out site

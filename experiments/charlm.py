@@ -1,4 +1,4 @@
-"""A character-level language model (seeds 001-003) on text that ships with Python itself.
+"""A character-level language model (Sutskever et al. 2011; Graves 2013) on Python's own source.
 
 The corpus is the source code of a fixed list of pure-Python standard-library modules
 (``--modules``, default ``textwrap,string,difflib,argparse``), read from the running

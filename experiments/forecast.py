@@ -1,4 +1,4 @@
-"""Multi-step time-series forecasting (seed 002's use case) against a naive last-value baseline.
+"""Multi-step time-series forecasting with a recurrent cell, against a naive last-value baseline.
 
 A cell reads a window of ``--window`` past values and a dense readout of its last output predicts
 the next ``--horizon`` values at once (direct multi-step forecast). Series:

@@ -5,7 +5,7 @@ Cells are pure functions over parameter pytrees (:class:`Cell`), run over sequen
 :func:`fit`), and diagnosed with :func:`gradient_flow`.
 """
 
-from rnnjax import checkpoint, initializers, interop, layers, losses, tasks
+from rnnjax import checkpoint, initializers, interop, layers, losses, sweep, tasks
 from rnnjax.cells import (
     elman,
     gru,
@@ -23,6 +23,11 @@ from rnnjax.cells import (
     orthogonal,
     orthogonality_error,
 )
+from rnnjax.cells.oscillatory import OscillatorState, cornn, lem, linoss, linoss_transition
+from rnnjax.cells.rglru import rglru, rglru_base_decay
+from rnnjax.cells.ode import antisymmetric, antisymmetric_matrix, lipschitz, lipschitz_matrix
+from rnnjax.cells.xlstm import MLSTMState, SLSTMState, mlstm, mlstm_state, slstm
+from rnnjax.types import BlockLinearRecurrence
 from rnnjax.diagnostics import (
     GateSaturation,
     GradientFlow,
@@ -30,10 +35,12 @@ from rnnjax.diagnostics import (
     gate_saturation,
     gradient_flow,
     jacobian_norms,
+    log10_decay_rate,
     spectral_norm,
 )
 from rnnjax.interop import from_flax, from_torch, to_flax, to_torch
-from rnnjax.layers import bidirectional, dense, dropout, recurrent_dropout, stack, variational_dropout
+from rnnjax.layers import (bidirectional, dense, dropout, learned_initial_carry, recurrent_dropout, stack,
+                           variational_dropout)
 from rnnjax.losses import (
     accuracy,
     binary_accuracy,
@@ -49,5 +56,25 @@ from rnnjax.train import (NonFiniteError, TrainState, WorkdirError, current_lear
                           optimizer, train_step)
 from rnnjax.types import Cell, JordanState, LinearForm, LinearRecurrence, LogLinearRecurrence, LSTMState
 from rnnjax.unroll import unroll
+from rnnjax import attention, pruning  # noqa: E402
+from rnnjax.attention import Attention, additive_attention, dot_product_attention  # noqa: E402
+from rnnjax.pruning import prune, pruned  # noqa: E402
 
 __version__ = "0.1.0"
+
+
+# ``rnnjax.flax`` (flax nnx / linen wrappers) is imported on first access: ``flax.nnx`` adds about
+# 0.3 s to ``import rnnjax`` that users who never touch it need not pay.
+_LAZY_SUBMODULES = ("flax",)
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"rnnjax.{name}")
+    raise AttributeError(f"module 'rnnjax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))

@@ -243,6 +243,7 @@ def _script(name):
     return mod
 
 
+@pytest.mark.slow  # keeps the default suite under 10 minutes on 2 cores; make test-slow
 def test_pruning_script_end_to_end_tiny(tmp_path, capsys):
     import json
 

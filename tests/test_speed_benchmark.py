@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow  # keeps the default suite under 10 minutes on 2 cores; make test-slow
 def test_speed_benchmark_smoke(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "speed.py"), "--quick",
            "--cells", "lstm", "--sizes", "2x4x3x5", "--impls", "rnnjax,rnnjax_plain,hoisted_scan", "--repeats", "1",

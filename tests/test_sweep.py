@@ -200,6 +200,7 @@ SHARDED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # keeps the default suite under 10 minutes on 2 cores; make test-slow
 def test_sharded_sweep_equals_unsharded():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     code = SHARDED.format(tests=os.path.dirname(os.path.abspath(__file__)))

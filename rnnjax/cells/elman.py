@@ -84,20 +84,20 @@ def jordan(
     bias_init: Initializer = inits.zeros,
     dtype=jnp.float32,
 ) -> Cell:
-    """Jordan-style output-feedback RNN (seed 000; Jordan 1986).
+    """Jordan-style output-feedback RNN (Jordan 1986).
 
     ``y_t = x_t W_yx + y_{t-1} W_yy + h_{t-1} W_yh + b_y``,
     ``h_t = σ(x_t W_hx + y_t W_hy + h_{t-1} W_hh + b_h)``; output ``y_t``.
 
-    The seed's equations have no input term; the input enters both updates through ``W_yx`` and
-    ``W_hx`` so that ``y_t`` already depends on ``x_t``.
+    The input enters both updates, through ``W_yx`` and ``W_hx``, so that ``y_t`` already depends
+    on ``x_t`` (in Jordan's network the input "plan" units feed the state and the output).
 
     Params: ``w_yx [D, O]``, ``w_yy [O, O]``, ``w_yh [H, O]``, ``b_y [O]``, ``w_hx [D, H]``,
     ``w_hy [O, H]``, ``w_hh [H, H]``, ``b_h [H]``. Carry: ``JordanState(h [..., H], y [..., O])``.
 
     Args:
       hidden_size: H.  output_size: O.
-      activation: σ (sigmoid as in the seed).
+      activation: σ (the logistic sigmoid, as in Jordan 1986).
       recurrent_init: for ``w_hh`` and ``w_yy``; feedback_init for ``w_yh``, ``w_hy``.
     """
     H = check_size("hidden_size", hidden_size)

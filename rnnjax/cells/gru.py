@@ -25,14 +25,14 @@ def gru(
     bias_init: Initializer = inits.zeros,
     dtype=jnp.float32,
 ) -> Cell:
-    """Gated recurrent unit (Cho et al. 2014; seeds 000 and 004).
+    """Gated recurrent unit (Cho et al. 2014).
 
     ``r = σ(x W_xr + h W_hr + b_r)``, ``z = σ(x W_xz + h W_hz + b_z)``,
-    ``reset="before"`` (Cho et al., the seeds): ``h̃ = φ(x W_xn + (r⊙h) W_hn + b_n)``;
+    ``reset="before"`` (Cho et al. 2014): ``h̃ = φ(x W_xn + (r⊙h) W_hn + b_n)``;
     ``reset="after"`` (cuDNN, PyTorch, flax): ``h̃ = φ(x W_xn + b_n + r⊙(h W_hn + b_hn))``;
     ``h_t = (1 - z)⊙h_{t-1} + z⊙h̃``; output ``h_t``.
 
-    Note the update convention: ``z`` weights the *candidate* (as in Cho et al. and DESIGN.md);
+    Note the update convention: ``z`` weights the *candidate* (as in Cho et al. 2014);
     PyTorch and flax weight the old state, so their ``z`` is ``1 - z`` here (``rnnjax.interop``
     converts).
 
@@ -41,7 +41,7 @@ def gru(
 
     Args:
       hidden_size: H.
-      candidate_activation: φ (``jnp.tanh``; ``jax.nn.relu`` is the seed 004 variant).
+      candidate_activation: φ (``jnp.tanh``; ``jax.nn.relu`` gives a ReLU candidate, as in Ravanelli et al. 2018).
       reset: ``"before"`` or ``"after"`` (where the reset gate is applied).
     """
     H = check_size("hidden_size", hidden_size)
