@@ -156,9 +156,10 @@ class Workdir:
         self._me["wall_time_s"] = time.time() - self._t0
         return self._sessions + [self._me]
 
-    def total_wall_time(self) -> float:
-        """Seconds summed over every process that worked on the run (this one until now)."""
-        return float(sum(s.get("wall_time_s", 0.0) for s in self.sessions()))
+    def total_wall_time(self, sessions: list[dict] | None = None) -> float:
+        """Seconds summed over ``sessions`` (default: every process that worked on the run, this
+        one until now)."""
+        return float(sum(s.get("wall_time_s", 0.0) for s in (sessions or self.sessions())))
 
     # -- metrics log
 

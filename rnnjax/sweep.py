@@ -844,6 +844,7 @@ def _write_sweep_results(run_dir, result: "SweepResult", params_sha256, elapsed:
         f.update({f"eval_{key}": float(v[i, -1]) for key, v in result.eval_metrics.items() if v.ndim == 2})
         finals.append(f)
     shas = [params_sha256(_to_host(result.state(i).params)) for i in range(len(result))]
+    sessions = run_dir.sessions()  # one reading of the clock for both fields
     results = {
         "config": run_dir.config,
         "configs": wd._jsonable(result.configs),
@@ -851,9 +852,9 @@ def _write_sweep_results(run_dir, result: "SweepResult", params_sha256, elapsed:
         "final": finals,
         "params_sha256": shas,
         "eval_steps": [int(s) for s in result.eval_steps],
-        "wall_time_s": run_dir.total_wall_time(),
+        "wall_time_s": run_dir.total_wall_time(sessions),
         "wall_time_this_process_s": elapsed,
-        "sessions": run_dir.sessions(),
+        "sessions": sessions,
     }
     run_dir.results(results)
     if run_dir.write:

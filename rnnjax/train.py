@@ -944,15 +944,16 @@ def _write_fit_results(run, ckpt, state: TrainState, records: list[dict], last_e
         if tail:
             final["train_loss_last10"] = float(np.mean(tail))
     final.update(last_eval)
+    sessions = run.sessions()  # one reading of the clock for both fields
     results = {
         "config": run.config,
         "steps": int(state.step),
         "final": final,
         "params_sha256": params_sha256(state.params),
         "num_params": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(state.params))),
-        "wall_time_s": run.total_wall_time(),
+        "wall_time_s": run.total_wall_time(sessions),
         "wall_time_this_process_s": elapsed,
-        "sessions": run.sessions(),
+        "sessions": sessions,
         "resumed_from_step": resumed_from,
         "checkpoints": ckpt.steps(),
         "baseline": baseline,
