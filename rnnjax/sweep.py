@@ -108,7 +108,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rnnjax.train import TrainState, train_step
+from rnnjax.train import TrainState, _boundaries, train_step
 
 __all__ = [
     "SweepGroup",
@@ -686,7 +686,7 @@ def run_sweep(
                                       purge_step=start or None) for i in indices]
             t = start
             while t < steps:
-                nb = _next_boundary(t, steps, steps_per_call, eval_every, ckpt_every)
+                nb = _boundaries(t, steps, (steps_per_call, eval_every, ckpt_every))
                 k = nb - t
                 state, m = run(state, nums, jnp.asarray(t, jnp.int32), k)
                 m = _to_host(m)
@@ -738,10 +738,6 @@ def run_sweep(
     if run_dir is not None:
         _write_sweep_results(run_dir, result, params_sha256, time.time() - t_start)
     return result
-
-
-def _next_boundary(t: int, steps: int, *every: int | None) -> int:
-    return min([steps] + [(t // k + 1) * k for k in every if k])
 
 
 def _merge(out: dict[str, np.ndarray], m: dict[str, np.ndarray], indices: list[int], n: int) -> None:

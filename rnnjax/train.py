@@ -601,8 +601,7 @@ class _Placement:
         finally:
             self.size = saved
 
-    def jit(self, f: Callable, with_batch: bool = False) -> Callable:
-        del with_batch
+    def jit(self, f: Callable) -> Callable:
         return jax.jit(f)
 
 
@@ -806,7 +805,7 @@ def fit(
             (s, _), m = chunk_fns[n]((s, jnp.asarray(streak, jnp.int32)))
             return s, jax.device_get(m)
     else:
-        jit_step = placement.jit(step_fn, with_batch=True)
+        jit_step = placement.jit(step_fn)
 
         def run_chunk(s, streak, t, n):
             ms = []
