@@ -11,7 +11,13 @@ each cell (``lstm``, ``gru``) and each implementation:
 Implementations (a peer is used only when its package imports; the run prints which were found):
 
 - ``rnnjax``: ``rnnjax.unroll(rnnjax.lstm(H), params, xs)`` (and ``rnnjax.gru(H)``), exactly what
-  a user gets by default, whichever path ``unroll`` picks;
+  a user gets by default, whichever path ``unroll`` picks (the label names the arrangement of
+  the input projection that ``projection="auto"`` chose at that size);
+- ``rnnjax_step``, ``rnnjax_hoisted``: the fused path with ``projection="step"`` (the input
+  projection inside each step's matmul) and ``projection="hoisted"`` (for all steps before the
+  scan), whatever ``"auto"`` would pick;
+- ``rnnjax_after`` (GRU only): ``rnnjax.gru(H, reset="after")``, the GRU the peers implement (see
+  below), with the default arrangement;
 - ``rnnjax_plain``: ``rnnjax.unroll`` of ``rnnjax.Cell(cell.init, cell.initial_carry,
   cell.apply)``, a cell rebuilt from its three functions, i.e. ``lax.scan`` over ``apply``;
 - ``flax``, ``flax_optimized``: linen ``nn.RNN(nn.LSTMCell(H))``, ``nn.RNN(nn.OptimizedLSTMCell(H))``
@@ -25,13 +31,17 @@ Implementations (a peer is used only when its package imports; the run prints wh
   at once, then ``lax.scan`` over ``h @ W_h`` only;
 - ``cudnn`` (JAX on GPU only, LSTM only): ``jax.experimental.rnn.lstm``.
 
-The rnnjax GRU is Cho et al.'s ``reset="before"`` form (rnnjax's default); the peers' GRUs apply
-the reset after the recurrent matmul. Both do the same matmul FLOPs.
+The default rnnjax GRU is Cho et al.'s ``reset="before"`` form; the peers' GRUs apply the reset
+after the recurrent matmul (``rnnjax_after`` is that form). Both do the same matmul FLOPs, but
+``reset="before"`` needs two dependent matmuls per step (``h W_hrz``, then ``(r⊙h) W_hn``) where
+``reset="after"`` needs one, so only ``rnnjax_after`` compares like with like.
 
 Every JAX function is ``jax.jit``-ed; each is called twice to compile and warm up (the first
-call's time is kept as ``compile_s``), then ``--repeats`` times, each waited for with
-``jax.block_until_ready`` (torch: ``torch.cuda.synchronize`` on CUDA), timed with
-``time.perf_counter``; the median is reported. Train steps feed the new params and optimizer
+call's time is kept as ``compile_s``); then, in each of ``--repeats`` rounds, every
+implementation and mode of the same size and cell is called once (interleaved, so a slow phase of
+a shared machine affects all alike), each call waited for with ``jax.block_until_ready`` (torch:
+``torch.cuda.synchronize`` on CUDA) and timed with ``time.perf_counter``; the median over the
+rounds is reported. Train steps feed the new params and optimizer
 state back in. The columns "x fastest peer" divide by the fastest non-rnnjax implementation of the
 same size, cell and mode. The FLOP floor counts the matmul FLOPs (forward ``2 B T (D + H) G H``,
 ``G = 4`` for LSTM, 3 for GRU; a train step 3x that) at the machine's GEMM rate, measured in the
@@ -78,6 +88,7 @@ import optax
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import rnnjax  # noqa: E402
+from rnnjax._workdir import cpu_isa  # noqa: E402
 
 CELLS = ("lstm", "gru")
 GATES = {"lstm": 4, "gru": 3}
@@ -93,6 +104,11 @@ IMPLS: dict[str, tuple[str, dict[str, str]]] = {
                           "gru": "rnnjax unroll(gru) (default)"}),
     "rnnjax_plain": ("rnnjax", {"lstm": "rnnjax (plain scan over apply)",
                                 "gru": "rnnjax (plain scan over apply)"}),
+    "rnnjax_step": ("rnnjax", {"lstm": "rnnjax lstm(projection='step')",
+                               "gru": "rnnjax gru(projection='step')"}),
+    "rnnjax_hoisted": ("rnnjax", {"lstm": "rnnjax lstm(projection='hoisted')",
+                                  "gru": "rnnjax gru(projection='hoisted')"}),
+    "rnnjax_after": ("rnnjax", {"gru": "rnnjax gru(reset='after') (the peers' GRU)"}),
     "flax": ("peer", {"lstm": "flax nn.RNN(LSTMCell)", "gru": "flax nn.RNN(GRUCell)"}),
     "flax_optimized": ("peer", {"lstm": "flax nn.RNN(OptimizedLSTMCell)"}),
     "equinox": ("peer", {"lstm": "equinox LSTMCell + scan + vmap",
@@ -190,7 +206,8 @@ def timed(run: Callable[[], Any], sync: Callable[[Any], Any], repeats: int,
         t0 = time.perf_counter()
         sync(run())
         times.append(1e3 * (time.perf_counter() - t0))
-    return {"median_ms": statistics.median(times), "times_ms": times, "compile_s": compile_s}
+    return {"median_ms": statistics.median(times) if times else None, "times_ms": times,
+            "compile_s": compile_s}
 
 
 def measure_gemm(n: int, repeats: int) -> dict:
@@ -238,8 +255,18 @@ def jax_runner(apply: Callable[[Any, Any], Any], params: Any, xs: Any) -> Runner
     return Runner(train, lambda: forward(params, xs), jax.block_until_ready)
 
 
-def build_rnnjax(cell_name: str, s: Size, key, plain: bool) -> Runner:
-    cell = {"lstm": rnnjax.lstm, "gru": rnnjax.gru}[cell_name](s.H)
+def path_note(impl: str, cell: str, s: Size) -> str:
+    """For the default rnnjax row, the arrangement ``projection="auto"`` picks at this size."""
+    if impl not in ("rnnjax", "rnnjax_after"):
+        return ""
+    from rnnjax.cells.fused import resolve_projection
+
+    return f" [{resolve_projection('auto', s.D, s.H)}]"
+
+
+def build_rnnjax(cell_name: str, s: Size, key, plain: bool, projection: str = "auto",
+                 **kwargs) -> Runner:
+    cell = {"lstm": rnnjax.lstm, "gru": rnnjax.gru}[cell_name](s.H, projection=projection, **kwargs)
     if plain:  # a Cell rebuilt from its three functions has no fast path: lax.scan over apply
         cell = rnnjax.Cell(cell.init, cell.initial_carry, cell.apply)
     params = cell.init(key, s.D)
@@ -400,6 +427,9 @@ def build_torch(cell_name: str, s: Size, key) -> Runner:
 BUILDERS: dict[str, Callable[[str, Size, Any], Runner]] = {
     "rnnjax": lambda c, s, k: build_rnnjax(c, s, k, plain=False),
     "rnnjax_plain": lambda c, s, k: build_rnnjax(c, s, k, plain=True),
+    "rnnjax_step": lambda c, s, k: build_rnnjax(c, s, k, plain=False, projection="step"),
+    "rnnjax_hoisted": lambda c, s, k: build_rnnjax(c, s, k, plain=False, projection="hoisted"),
+    "rnnjax_after": lambda c, s, k: build_rnnjax(c, s, k, plain=False, reset="after"),
     "flax": lambda c, s, k: build_flax(c, s, k),
     "flax_optimized": lambda c, s, k: build_flax(c, s, k, optimized=True),
     "equinox": build_equinox,
@@ -444,10 +474,17 @@ def available_impls(wanted: list[str]) -> tuple[list[str], dict[str, str]]:
 
 def run_grid(sizes: list[Size], cells: list[str], impls: list[str], modes: list[str],
              repeats: int, gemm_gflops: float) -> list[dict]:
+    """Time every implementation of each (size, cell) in interleaved rounds.
+
+    All runners of a (size, cell) are built and warmed up first; then each of ``repeats`` rounds
+    calls every (implementation, mode) once, so a slow phase of a shared machine (another
+    tenant, frequency scaling) falls on all of them alike instead of on whichever ran then.
+    """
     rows = []
     for si, s in enumerate(sizes):
         print(f"\n== {s}", flush=True)
         for cell in cells:
+            group = []  # (row, runner) for each implementation and mode
             for impl in impls:
                 family, labels = IMPLS[impl]
                 if cell not in labels:
@@ -459,34 +496,52 @@ def run_grid(sizes: list[Size], cells: list[str], impls: list[str], modes: list[
                     runner, build_error = None, f"{type(e).__name__}: {e}"
                     traceback.print_exc()
                 for mode in modes:
-                    row = {"size": s._asdict(), "cell": cell, "impl": impl, "label": labels[cell],
+                    row = {"size": s._asdict(), "cell": cell, "impl": impl,
+                           "label": labels[cell] + path_note(impl, cell, s),
                            "family": family, "mode": mode, "flops": step_flops(cell, s, mode)}
                     row["floor_ms"] = 1e3 * row["flops"] / (gemm_gflops * 1e9)
                     if runner is None:
                         row["error"] = build_error
                     else:
-                        try:
-                            row.update(timed(getattr(runner, mode), runner.sync, repeats))
-                            row["x_floor"] = row["median_ms"] / row["floor_ms"]
+                        try:  # compile and warm up
+                            row.update(timed(getattr(runner, mode), runner.sync, 0))
+                            row["times_ms"] = []
                         except Exception as e:  # noqa: BLE001
                             row["error"] = f"{type(e).__name__}: {e}"
                             traceback.print_exc()
-                    rows.append(row)
-                    msg = (f"{row['median_ms']:10.3f} ms (compile {row['compile_s']:.2f} s)"
-                           if "median_ms" in row else f"ERROR {row['error']}")
-                    print(f"  {cell:4s} {mode:7s} {labels[cell]:44s} {msg}", flush=True)
-                del runner
-    # ratio to the fastest peer (family "peer") of the same size, cell and mode
+                    group.append((row, runner))
+            for _ in range(repeats):
+                for row, runner in group:
+                    if "error" not in row:
+                        t0 = time.perf_counter()
+                        runner.sync(getattr(runner, row["mode"])())
+                        row["times_ms"].append(1e3 * (time.perf_counter() - t0))
+            for row, _ in group:
+                if "error" not in row:
+                    row["median_ms"] = statistics.median(row["times_ms"])
+                    row["x_floor"] = row["median_ms"] / row["floor_ms"]
+                rows.append(row)
+                msg = (f"{row['median_ms']:10.3f} ms (compile {row['compile_s']:.2f} s)"
+                       if "median_ms" in row else f"ERROR {row['error']}")
+                print(f"  {cell:4s} {row['mode']:7s} {row['label']:52s} {msg}", flush=True)
+            del group
+    return add_ratios(rows)
+
+
+def add_ratios(rows: list[dict]) -> list[dict]:
+    """``x_fastest_peer`` (any peer) and ``x_fastest_jax_peer`` (flax, equinox, haiku, ...: the
+    peers that are not torch) of every row, within its size, cell and mode."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((tuple(r["size"].values()), r["cell"], r["mode"]), []).append(r)
     for group in groups.values():
-        peers = [r for r in group if r["family"] == "peer" and "median_ms" in r]
-        best = min(peers, key=lambda r: r["median_ms"]) if peers else None
-        for r in group:
-            r["fastest_peer"] = best["impl"] if best else None
-            r["x_fastest_peer"] = (r["median_ms"] / best["median_ms"]
-                                   if best and "median_ms" in r else None)
+        for key, keep in (("", lambda r: True), ("_jax", lambda r: r["impl"] != "torch")):
+            peers = [r for r in group if r["family"] == "peer" and "median_ms" in r and keep(r)]
+            best = min(peers, key=lambda r: r["median_ms"]) if peers else None
+            for r in group:
+                r[f"fastest{key}_peer"] = best["impl"] if best else None
+                r[f"x_fastest{key}_peer"] = (r["median_ms"] / best["median_ms"]
+                                             if best and "median_ms" in r else None)
     return rows
 
 
@@ -656,28 +711,32 @@ def markdown(info: dict, rows: list[dict], sizes: list[Size], cells: list[str],
              long: dict | None) -> str:
     lines = ["# Speed: rnnjax against other RNN implementations", "",
              f"Backend `{info['backend']}` ({', '.join(info['devices'])}); CPU {info['cpu_model']} "
-             f"x{info['cpu_count']}; jax {info['versions']['jax']}, flax {info['versions']['flax']}, "
+             f"x{info['cpu_count']} ({info.get('cpu_isa') or 'instruction sets unknown'}); jax {info['versions']['jax']}, flax {info['versions']['flax']}, "
              f"torch {info['versions']['torch']}; GEMM {info['gemm']['gflops']:.1f} GFLOP/s "
              f"(float32 {info['gemm']['n']}x{info['gemm']['n']}). Median of {info['repeats']} "
-             f"repeats after 2 warm-up calls. Train: forward + backward + clip + Adam, loss "
-             f"mean(hs^2). x peer: time / fastest non-rnnjax implementation (same size, cell, "
-             f"mode). x floor: time / (matmul FLOPs at the GEMM rate).", ""]
+             f"interleaved rounds after 2 warm-up calls. Train: forward + backward + clip + Adam, loss "
+             f"mean(hs^2). x JAX peer: time / fastest of flax, equinox, haiku and the hand-written "
+             f"scan (same size, cell, mode); x peer: the same with torch included. x floor: time / "
+             f"(matmul FLOPs at the GEMM rate).", ""]
     by = {(tuple(r["size"].values()), r["cell"], r["impl"], r["mode"]): r for r in rows}
     for s in sizes:
         lines += [f"## {s}", "",
-                  "| cell | implementation | train ms | forward ms | train x fastest peer | "
-                  "forward x fastest peer | train x floor | forward x floor |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+                  "| cell | implementation | train ms | forward ms | train x JAX peer | "
+                  "forward x JAX peer | train x peer | forward x peer | train x floor | "
+                  "forward x floor |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for cell in cells:
             for impl, (_, labels) in IMPLS.items():
                 tr, fw = by.get((tuple(s), cell, impl, "train")), by.get((tuple(s), cell, impl, "forward"))
                 if tr is None and fw is None:
                     continue
-                label = labels[cell]
+                label = (tr or fw).get("label", labels[cell])  # with the arrangement auto chose
                 cols = []
                 for r in (tr, fw):
                     cols.append("–" if r is None else
                                 ("error" if "error" in r else _fmt(r["median_ms"], ".2f")))
+                for r in (tr, fw):
+                    cols.append(_fmt(None if r is None else r.get("x_fastest_jax_peer")))
                 for r in (tr, fw):
                     cols.append(_fmt(None if r is None else r.get("x_fastest_peer")))
                 for r in (tr, fw):
@@ -752,6 +811,7 @@ def plot(path: str, rows: list[dict], sizes: list[Size], cells: list[str], backe
 def machine(gemm: dict, repeats: int) -> dict:
     return {
         "cpu_model": cpu_model(),
+        "cpu_isa": cpu_isa(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -800,8 +860,28 @@ def main(argv: list[str] | None = None) -> dict:
                     help=f"comma list of {', '.join(LONG_VARIANTS)}")
     ap.add_argument("--long-repeats", type=int, default=None, help="None: 3 (2 with --quick)")
     ap.add_argument("--long-timeout", type=float, default=3600.0, help="seconds per variant")
+    ap.add_argument("--rerender", action="store_true",
+                    help="measure nothing: rewrite speed.md and speed.png from --out/speed.json")
     ap.add_argument("--_long-worker", dest="long_worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+
+    if args.rerender:
+        path = os.path.join(args.out, "speed.json")
+        if not os.path.exists(path):
+            ap.error(f"--rerender: no {path}")
+        with open(path) as f:
+            result = json.load(f)
+        rows = add_ratios(result["results"])
+        sizes = [Size(**d) for d in result["config"]["sizes"]]
+        cells = result["config"]["cells"]
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2)
+        with open(os.path.join(args.out, "speed.md"), "w") as f:
+            f.write(markdown(result["machine"], rows, sizes, cells, result.get("long")))
+        if rows:
+            plot(os.path.join(args.out, "speed.png"), rows, sizes, cells, result["machine"]["backend"])
+        print(f"rewrote {args.out}/speed.md from {path}")
+        return result
 
     if args.long_worker is not None:  # a subprocess of run_long
         print("LONG_RESULT " + json.dumps(long_worker(json.loads(args.long_worker))), flush=True)

@@ -563,14 +563,9 @@ def train_row(spec: Spec, cfg: TrainConfig, *, workdir: str | None = None,
     row_dir = None if workdir is None else os.path.join(workdir, _row_id(spec, cfg))
     cfg_d = {"row": spec.name, **cfg.as_dict()}
     if row_dir is not None:
-        cached = os.path.join(row_dir, "row.json")
-        if os.path.exists(cached):
-            with open(cached) as fh:
-                old = json.load(fh)
-            if old.get("config_hash") == _config_hash(cfg_d):
-                for r in old["runs"]:
-                    r["resumed"] = True
-                return old["runs"]
+        old = finished_row(spec, cfg, workdir)
+        if old is not None:
+            return old
         os.makedirs(row_dir, exist_ok=True)
 
     _, _, _, _, baseline, metric = task_fns(cfg.task, cfg.T)
@@ -654,6 +649,20 @@ def train_row(spec: Spec, cfg: TrainConfig, *, workdir: str | None = None,
             json.dump({"config": cfg_d, "config_hash": _config_hash(cfg_d), "runs": runs}, fh, allow_nan=False)
         os.replace(tmp, os.path.join(row_dir, "row.json"))
     return runs
+
+
+def finished_row(spec: Spec, cfg: TrainConfig, workdir: str) -> list[dict] | None:
+    """The runs of a row finished in ``workdir`` with this very configuration, or None."""
+    cached = os.path.join(workdir, _row_id(spec, cfg), "row.json")
+    if not os.path.exists(cached):
+        return None
+    with open(cached) as fh:
+        old = json.load(fh)
+    if old.get("config_hash") != _config_hash({"row": spec.name, **cfg.as_dict()}):
+        return None
+    for r in old["runs"]:
+        r["resumed"] = True
+    return old["runs"]
 
 
 def _finite(v) -> float | None:
@@ -835,6 +844,12 @@ def write_outputs(out: str, flows: list[dict], runs: list[dict], meta: dict) -> 
           f"Machine: {meta['machine']}  \nVersions: {meta['versions']}  \n"
           f"Wall time: {meta['seconds']:.0f} s this invocation; {meta.get('compute_seconds', 0):.0f} s "
           f"of training summed over all rows (including rows read back from a workdir).\n"]
+    if meta.get("pending"):
+        n_done = len({(r["row"], r["task"], r["T"]) for r in runs})
+        md.append(f"**Partial results: {n_done} of {n_done + len(meta['pending'])} training rows are "
+                  f"finished.** The study continues (finished rows are read back) with\n\n"
+                  f"    {meta['continue_command']}\n\nPending: " + ", ".join(
+                      f"{q['row']} {q['task']} T={q['T']}" for q in meta["pending"]) + ".\n")
     if flows:
         T = flows[0]["T"]
         md.append(f"## Gradient flow at initialisation (T={T}, H={meta['H']}, loss on the last output)\n\n"
@@ -1007,17 +1022,6 @@ def plan(grid: dict, *, cells: list[str] | None, steps: int | None, hidden: int 
     return out
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _versions() -> str:
     import importlib.metadata as md
 
@@ -1071,6 +1075,9 @@ def main(argv=None) -> int:
     p.add_argument("--flow-only", action="store_true",
                    help="only part 1: the gradient flow at initialisation of every cell (minutes), "
                         "no training rows")
+    p.add_argument("--finished-only", action="store_true",
+                   help="train nothing: write the results of the rows already finished in --workdir "
+                        "and list the others as pending (to commit a study that is still running)")
     p.add_argument("--replot", action="store_true",
                    help="only rewrite results.md and the plots from --out/results.json")
     args = p.parse_args(argv)
@@ -1109,6 +1116,15 @@ def main(argv=None) -> int:
         rows = []
     if not rows and not flow_names:
         p.error(f"no runs: the grid has none for --cells {args.cells}")
+    pending = []
+    if args.finished_only:
+        if args.workdir is None:
+            p.error("--finished-only reads the finished rows from --workdir: give it")
+        flow_names = []  # nothing is computed
+        done = []
+        for spec, cfg in rows:
+            (done if finished_row(spec, cfg, args.workdir) is not None else pending).append((spec, cfg))
+        rows = done
 
     import jax
 
@@ -1128,13 +1144,21 @@ def main(argv=None) -> int:
                   + (" (read back from the workdir)" if r.get("resumed") else f" ({r['seconds']:.0f}s)"),
                   flush=True)
         runs += new
-    command = "python benchmarks/vanishing.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    argv_used = list(argv if argv is not None else sys.argv[1:])
+    command = "python benchmarks/vanishing.py " + " ".join(argv_used)
+    from rnnjax._workdir import machine as rnnjax_machine
+
+    m = rnnjax_machine()
     meta = {"command": command,
-            "machine": f"{_cpu_model()}, {os.cpu_count()} cores, {platform.platform()}; "
+            "machine": f"{m['cpu']} ({m['cpu_isa']}), {m['cpu_count']} cores, {m['platform']}; "
                        f"{len(jax.devices())} {jax.default_backend()} device(s)",
             "versions": _versions(), "backend": jax.default_backend(), "H": grid["flow_H"],
             "seconds": time.perf_counter() - t_start,
             "compute_seconds": float(sum(r["seconds"] for r in runs))}
+    if args.finished_only:
+        meta["pending"] = [{"row": s.name, "task": c.task, "T": c.T} for s, c in pending]
+        meta["continue_command"] = "python benchmarks/vanishing.py " + " ".join(
+            a for a in argv_used if a != "--finished-only")
     text = write_outputs(args.out, flows, runs, meta)
     if args.full:
         print(text)

@@ -56,8 +56,27 @@ def _lenient_default(o: Any) -> Any:
         return getattr(o, "__qualname__", None) or getattr(o, "__name__", None) or repr(o)
 
 
+# the vector instruction sets that decide CPU matmul and elementwise speed, widest first
+_ISA_FLAGS = ("amx_tile", "avx512f", "avx512_bf16", "avx512_vnni", "avx2", "fma", "avx", "asimd",
+              "sve")
+
+
+def cpu_isa() -> str | None:
+    """The CPU's vector instruction sets among :data:`_ISA_FLAGS` (from /proc/cpuinfo), or None."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags = set(line.split(":", 1)[1].split())
+                    return " ".join(f for f in _ISA_FLAGS if f in flags) or None
+    except OSError:
+        pass
+    return None
+
+
 def machine() -> dict[str, Any]:
-    """The machine a run worked on: CPU model, cores, platform, versions, devices."""
+    """The machine a run worked on: CPU model and instruction sets, cores, platform, versions,
+    devices."""
     cpu = None
     try:
         with open("/proc/cpuinfo") as f:
@@ -67,7 +86,8 @@ def machine() -> dict[str, Any]:
                     break
     except OSError:
         pass
-    return {"cpu": cpu or platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+    return {"cpu": cpu or platform.processor() or platform.machine(), "cpu_isa": cpu_isa(),
+            "cpu_count": os.cpu_count(),
             "platform": platform.platform(), "python": platform.python_version(),
             "jax": jax.__version__, "backend": jax.default_backend(),
             "devices": [str(d) for d in jax.devices()], "process_count": jax.process_count()}

@@ -10,10 +10,16 @@ import rnnjax
 from rnnjax import initializers as inits
 from helpers import tree_allclose
 
+# every arrangement of the input projection (rnnjax.cells.fused.PROJECTIONS) of every fused cell
 FUSED = [
-    ("lstm", rnnjax.lstm(5, bias_init=inits.normal(0.5))),
-    ("gru_before", rnnjax.gru(5, bias_init=inits.normal(0.5))),
-    ("gru_after", rnnjax.gru(5, reset="after", bias_init=inits.normal(0.5))),
+    (f"{name}-{projection}", factory(projection))
+    for projection in ("step", "hoisted")
+    for name, factory in [
+        ("lstm", lambda pr: rnnjax.lstm(5, bias_init=inits.normal(0.5), projection=pr)),
+        ("gru_before", lambda pr: rnnjax.gru(5, bias_init=inits.normal(0.5), projection=pr)),
+        ("gru_after", lambda pr: rnnjax.gru(5, reset="after", bias_init=inits.normal(0.5),
+                                            projection=pr)),
+    ]
 ]
 
 
@@ -77,7 +83,11 @@ def test_fused_nested_and_no_batch(name, cell):
     np.testing.assert_allclose(y2, y1, atol=1e-6)
 
 
-@pytest.mark.parametrize("name,cell", FUSED + [("elman", rnnjax.elman(5))], ids=[n for n, _ in FUSED] + ["elman"])
+# remat wraps whichever sequence path the cell has: the default arrangement of each cell suffices
+REMAT = [(n, c) for n, c in FUSED if n.endswith("-step")] + [("elman", rnnjax.elman(5))]
+
+
+@pytest.mark.parametrize("name,cell", REMAT, ids=[n for n, _ in REMAT])
 @pytest.mark.parametrize("chunk", [1, 3, 4, "sqrt"])
 def test_remat_chunk_changes_nothing(name, cell, chunk):
     T, B, D = 10, 3, 2
@@ -100,6 +110,25 @@ def test_remat_chunk_with_parallel_is_an_error():
     params = cell.init(jax.random.key(0), 2)
     with pytest.raises(ValueError, match="sequential path only"):
         rnnjax.unroll(cell, params, jnp.zeros((5, 2)), parallel=True, remat_chunk=2)
+
+
+def test_projection_argument():
+    from rnnjax.cells import fused
+
+    assert fused.resolve_projection("auto", 32, 256) == "step"
+    assert fused.resolve_projection("auto", 64, 16) == "step"
+    assert fused.resolve_projection("auto", 512, 128) == "hoisted"
+    assert fused.resolve_projection("hoisted", 3, 256) == "hoisted"
+    for factory in (rnnjax.lstm, rnnjax.gru):
+        with pytest.raises(ValueError, match="projection must be one of"):
+            factory(4, projection="fused")
+    # the two arrangements of one cell compute the same function (bitwise is not promised)
+    xs = jax.random.normal(jax.random.key(8), (6, 2, 3))
+    for factory in (rnnjax.lstm, rnnjax.gru):
+        params = factory(4).init(jax.random.key(9), 3)
+        a = rnnjax.unroll(factory(4, projection="step"), params, xs)
+        b = rnnjax.unroll(factory(4, projection="hoisted"), params, xs)
+        tree_allclose(a, b, atol=1e-6)
 
 
 def test_fused_errors_name_the_argument():

@@ -326,7 +326,10 @@ def test_torch_round_trip(torch, kind, nonlin, key):
     x = jax.random.normal(key, (T, B, D))
     with torch.no_grad():
         t_out = m3(torch.tensor(np.asarray(x)))[0].numpy()
-    assert _diff(f"torch/{kind}-{nonlin}/fwd", rnnjax.unroll(cell3, p3, x)[1], t_out) < TOL
+    # float32 through two different matmul kernels: relative to the outputs' scale (an unbounded
+    # ReLU RNN's outputs reach ~10 here, where 1e-5 absolute is below the float32 spacing)
+    scale = max(1.0, float(np.max(np.abs(t_out))))
+    assert _diff(f"torch/{kind}-{nonlin}/fwd", rnnjax.unroll(cell3, p3, x)[1], t_out) < TOL * scale
 
 
 def test_torch_no_bias_and_batch_first(torch, key):

@@ -1,6 +1,8 @@
 """unroll(..., resets=...): equal to running each segment separately, on every path; and the
 learned initial carry (rnnjax.learned_initial_carry)."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -165,21 +167,23 @@ def test_fused_scans_with_resets_check_grads():
         mask = jnp.array([[1, 1], [1, 1], [1, 1], [1, 0], [1, 0]], bool)
         resets = jnp.array([[0, 0], [0, 1], [1, 0], [0, 0], [1, 0]], bool)
 
-        for reverse in (False, True):
+        for reverse, project in itertools.product((False, True), fused.PROJECTIONS[1:]):
             def lstm(w_x, w_h, b, h0, c0, xs, hr, cr):
-                hT, cT, ys = fused.lstm_scan(reverse, 1, w_x, w_h, b, h0, c0, xs, mask, resets, hr, cr)
+                hT, cT, ys = fused.lstm_scan(reverse, 1, project, w_x, w_h, b, h0, c0, xs, mask,
+                                             resets, hr, cr)
                 return jnp.sum(jnp.sin(ys)) + jnp.sum(hT * cT)
 
             check_grads(jax.jit(lstm), (w_x, w_h, b, h0, c0, xs, hr, cr), order=1, modes=("rev",),
                         atol=1e-5, rtol=1e-5)
 
-            def gru(w_x, w_h, b, h0, xs, hr):
-                hT, ys = fused.gru_scan(reverse, True, 1, w_x, w_h[:, :3 * H], b[:3 * H],
-                                        b[3 * H:], h0, xs, mask, resets, hr)
-                return jnp.sum(jnp.sin(ys)) + jnp.sum(hT ** 2)
+            for reset_after in (False, True):
+                def gru(w_x, w_h, b, h0, xs, hr):
+                    hT, ys = fused.gru_scan(reverse, reset_after, 1, project, w_x, w_h[:, :3 * H],
+                                            b[:3 * H], b[3 * H:], h0, xs, mask, resets, hr)
+                    return jnp.sum(jnp.sin(ys)) + jnp.sum(hT ** 2)
 
-            check_grads(jax.jit(gru), (w_x[:, :3 * H], w_h, b, h0, xs, hr), order=1, modes=("rev",),
-                        atol=1e-5, rtol=1e-5)
+                check_grads(jax.jit(gru), (w_x[:, :3 * H], w_h, b, h0, xs, hr), order=1,
+                            modes=("rev",), atol=1e-5, rtol=1e-5)
 
 
 # --------------------------------------------------------------------- learned initial carry

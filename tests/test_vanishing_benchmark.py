@@ -223,6 +223,28 @@ def test_a_row_resumes_from_its_workdir(tmp_path):
                                np.asarray(first[0]["test_loss"], float), rtol=1e-6)
 
 
+def test_finished_only_reports_a_study_in_progress(tmp_path, monkeypatch):
+    grid = dict(vanishing.GRIDS["quick"], adding=[6], steps=10, H=4, seeds=2, eval_every=5, test_size=8,
+                train_specs=["elman-orth", "irnn"], flow_specs=[], trained_flow=False)
+    monkeypatch.setitem(vanishing.GRIDS, "quick", grid)
+    work, out = str(tmp_path / "work"), str(tmp_path / "out")
+    assert vanishing.main(["--quick", "--cells", "elman-orth", "--workdir", work, "--out",
+                           str(tmp_path / "first")]) == 0
+    trained = json.loads((tmp_path / "first" / "results.json").read_text())["runs"]
+    assert vanishing.main(["--quick", "--workdir", work, "--out", out, "--finished-only"]) == 0
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    (run,) = data["runs"]  # the finished row, read back; the other one is not trained
+    assert run["row"] == "elman-orth" and run["test_loss"] == trained[0]["test_loss"]
+    assert data["meta"]["pending"] == [{"row": "irnn", "task": "adding", "T": 6}]
+    cont = f"python benchmarks/vanishing.py --quick --workdir {work} --out {out}"
+    assert data["meta"]["continue_command"] == cont
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "1 of 2 training rows are finished" in md and cont in md and "irnn adding T=6" in md
+    assert not os.path.exists(os.path.join(work, "adding-T6-irnn"))
+    with pytest.raises(SystemExit):
+        vanishing.main(["--quick", "--out", out, "--finished-only"])  # needs --workdir
+
+
 def test_a_row_that_sweeps_learning_rates_reports_each(tmp_path):
     spec = vanishing.spec_by_name("irnn-paper")
     runs = vanishing.train_row(spec, tiny(T=6, steps=10, eval_every=5, optimizer="sgd", clip=10.0,

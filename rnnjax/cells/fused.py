@@ -76,18 +76,29 @@ def _lstm_scale(H: int, dtype) -> jax.Array:
     return jnp.concatenate([half, half, jnp.ones((H,), dtype), half])  # gates (i, f, g, o)
 
 
-def _lstm_forward(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask, resets, hr, cr, save=True):
+def _lstm_forward(reverse, unroll, project, w_x, w_h, b, h0, c0, xs, mask, resets, hr, cr,
+                  save=True):
     H = h0.shape[-1]
     s = _lstm_scale(H, w_h.dtype)
-    gx = _flat_matmul(xs, w_x * s[None, :])
-    gx = gx + (b * s).reshape(1, 1, -1)
-    w_hs = w_h * s[None, :]
+    if project == "step":  # one [B, D+H] x [D+H, 4H] matmul per step; no [T, B, 4H] buffer
+        w_s = jnp.concatenate([w_x, w_h], axis=0) * s[None, :]
+        b_s = (b * s)[None, :]
+        seq = xs
+
+        def pre(x_t, h_in):
+            return jnp.concatenate([x_t, h_in], axis=-1) @ w_s + b_s
+    else:  # hoisted: the input projection of all steps as one matmul before the scan
+        seq = _flat_matmul(xs, w_x * s[None, :]) + (b * s).reshape(1, 1, -1)
+        w_hs = w_h * s[None, :]
+
+        def pre(g_t, h_in):
+            return g_t + h_in @ w_hs
 
     def step(carry, inp):
         h, c = carry
-        g_t, m, rs = inp
+        u_t, m, rs = inp
         h_in, c_in = _reset(rs, hr, h), _reset(rs, cr, c)
-        t = jnp.tanh(g_t + h_in @ w_hs)
+        t = jnp.tanh(pre(u_t, h_in))
         ti, tf, tg, to = jnp.split(t, 4, axis=-1)
         c_new = (0.5 + 0.5 * tf) * c_in + (0.5 + 0.5 * ti) * tg
         h_new = (0.5 + 0.5 * to) * jnp.tanh(c_new)
@@ -96,7 +107,7 @@ def _lstm_forward(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask, resets, hr, cr
             return (h_new, c_new), _where(m, h_new, jnp.zeros_like(h_new))
         return (h_new, c_new), (h_new, c_new, t)
 
-    (hT, cT), out = jax.lax.scan(step, (h0, c0), (gx, mask, resets), reverse=reverse, unroll=unroll)
+    (hT, cT), out = jax.lax.scan(step, (h0, c0), (seq, mask, resets), reverse=reverse, unroll=unroll)
     if not save:
         return (hT, cT, out), None
     hs, cs, ts = out
@@ -104,45 +115,56 @@ def _lstm_forward(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask, resets, hr, cr
     return (hT, cT, ys), (hs, cs, ts)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def lstm_scan(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask, resets=None, hr=None, cr=None):
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def lstm_scan(reverse, unroll, project, w_x, w_h, b, h0, c0, xs, mask, resets=None, hr=None,
+              cr=None):
     """Fused LSTM over ``xs [T, B, D]``: returns ``(h_T, c_T, ys [T, B, H])``.
 
-    ``resets [T, B]`` (or None) with the reset carry ``hr, cr [B, H]`` (see the module docstring).
+    ``project``: ``"step"`` or ``"hoisted"`` (see :data:`PROJECTIONS`). ``resets [T, B]`` (or None)
+    with the reset carry ``hr, cr [B, H]`` (see the module docstring).
     """
-    return _lstm_forward(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask, resets, hr, cr,
+    return _lstm_forward(reverse, unroll, project, w_x, w_h, b, h0, c0, xs, mask, resets, hr, cr,
                          save=False)[0]
 
 
-def _lstm_fwd(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask, resets=None, hr=None, cr=None):
-    out, (hs, cs, ts) = _lstm_forward(reverse, unroll, w_x, w_h, b, h0, c0, xs, mask, resets, hr, cr)
+def _lstm_fwd(reverse, unroll, project, w_x, w_h, b, h0, c0, xs, mask, resets=None, hr=None,
+              cr=None):
+    out, (hs, cs, ts) = _lstm_forward(reverse, unroll, project, w_x, w_h, b, h0, c0, xs, mask,
+                                      resets, hr, cr)
     return out, (w_x, w_h, h0, c0, xs, mask, resets, hr, cr, hs, cs, ts)
 
 
-def _lstm_bwd(reverse, unroll, res, g):
+def _lstm_bwd(reverse, unroll, project, res, g):
     w_x, w_h, h0, c0, xs, mask, resets, hr, cr, hs, cs, ts = res
     dhT, dcT, dys = g
     H = h0.shape[-1]
     c_prev = _prev(cs, c0, reverse)
     if resets is not None:  # the carry each step actually started from
         c_prev = jnp.where(resets[..., None], cr[None], c_prev)
-    # σ(z) = (1 + t)/2 with t = tanh(z/2), so σ'(z) = (1 - t²)/4; tanh'(z) = 1 - t²
-    dscale = _lstm_scale(H, w_h.dtype) ** 2
+    # Everything that does not depend on the incoming gradient is computed for all steps at once,
+    # outside the serial loop (vectorised, and split over the cores), so the loop body is a few
+    # multiply-adds and the matmul. σ(z) = (1 + t)/2 with t = tanh(z/2), so σ'(z) = (1 - t²)/4;
+    # tanh'(z) = 1 - t². With dct = dc + dh·A the gate pre-activation gradients are
+    # dz = [dct, dct, dct, dh]·P and the cell gradient passed back is dct·f.
+    ti, tf, tg, to = jnp.split(ts, 4, axis=-1)
+    tc = jnp.tanh(cs)
+    A = (0.5 + 0.5 * to) * (1.0 - tc * tc)
+    P = jnp.concatenate([0.25 * tg * (1.0 - ti * ti), 0.25 * c_prev * (1.0 - tf * tf),
+                         (0.5 + 0.5 * ti) * (1.0 - tg * tg), 0.25 * tc * (1.0 - to * to)], axis=-1)
+    F = 0.5 + 0.5 * tf
+    if mask is not None:  # a padded step passes dh and dc through and has dz = 0
+        A, P = _where(mask, A, jnp.zeros_like(A)), _where(mask, P, jnp.zeros_like(P))
+        F = _where(mask, F, jnp.ones_like(F))
     w_hT = w_h.T
 
     def step(carry, inp):
         (dh, dc), (ghr, gcr) = carry
-        dy, t, c, cp, m, rs = inp
+        dy, a, p, f, m, rs = inp
         dh_in = dh + dy
-        ti, tf, tg, to = jnp.split(t, 4, axis=-1)
-        i, f, o = 0.5 + 0.5 * ti, 0.5 + 0.5 * tf, 0.5 + 0.5 * to
-        tc = jnp.tanh(c)
-        dct = dc + dh_in * o * (1.0 - tc * tc)
-        upstream = jnp.concatenate([dct * tg, dct * cp, dct * i, dh_in * tc], axis=-1)
-        dz = upstream * (1.0 - t * t) * dscale[None, :]
-        dz = _where(m, dz, jnp.zeros_like(dz))
+        dct = dc + dh_in * a
+        dz = jnp.concatenate([dct, dct, dct, dh_in], axis=-1) * p
         dh_prev = _where(m, dz @ w_hT, dh)
-        dc_prev = _where(m, dct * f, dc)
+        dc_prev = dct * f
         ghr, dh_prev = _take_reset(rs, ghr, dh_prev)
         gcr, dc_prev = _take_reset(rs, gcr, dc_prev)
         return ((dh_prev, dc_prev), (ghr, gcr)), dz
@@ -150,8 +172,7 @@ def _lstm_bwd(reverse, unroll, res, g):
     dys = _where(mask, dys, jnp.zeros_like(dys))
     acc = (_zeros_or_none(hr), _zeros_or_none(cr))
     ((dh0, dc0), (ghr, gcr)), dz = jax.lax.scan(
-        step, ((dhT, dcT), acc), (dys, ts, cs, c_prev, mask, resets), reverse=not reverse,
-        unroll=unroll)
+        step, ((dhT, dcT), acc), (dys, A, P, F, mask, resets), reverse=not reverse, unroll=unroll)
     h_prev = _prev(hs, h0, reverse)
     if resets is not None:
         h_prev = jnp.where(resets[..., None], hr[None], h_prev)
@@ -164,38 +185,63 @@ lstm_scan.defvjp(_lstm_fwd, _lstm_bwd)
 
 # ------------------------------------------------------------------------------------------ GRU
 
-def _gru_forward(reverse, reset_after, unroll, w_x, w_h, b, b_hn, h0, xs, mask, resets, hr,
-                 save=True):
+def _gru_forward(reverse, reset_after, unroll, project, w_x, w_h, b, b_hn, h0, xs, mask, resets,
+                 hr, save=True):
     H = h0.shape[-1]
-    s = jnp.concatenate([jnp.full((2 * H,), 0.5, w_h.dtype), jnp.ones((H,), w_h.dtype)])  # (r, z, n)
-    gx = _flat_matmul(xs, w_x * s[None, :])
-    gx = gx + (b * s).reshape(1, 1, -1)
-    w_rz = w_h[:, :2 * H] * 0.5
-    w_n = w_h[:, 2 * H:]
+    D = w_x.shape[0]
+    half = jnp.asarray(0.5, w_h.dtype)
+    if project == "step":  # the input projection inside the step, in the recurrent matmul
+        seq = xs
+        b_rz, b_n = (b[:2 * H] * half)[None, :], b[None, 2 * H:]
+        if reset_after:  # [x, h] @ [[W_xrz/2, W_xn, 0], [W_hrz/2, 0, W_hn]] -> (rz, x_n, h_n)
+            w_blk = jnp.concatenate([
+                jnp.concatenate([w_x[:, :2 * H] * half, w_x[:, 2 * H:],
+                                 jnp.zeros((D, H), w_x.dtype)], axis=1),
+                jnp.concatenate([w_h[:, :2 * H] * half, jnp.zeros((H, H), w_h.dtype),
+                                 w_h[:, 2 * H:]], axis=1)], axis=0)
+        else:
+            w_rz = jnp.concatenate([w_x[:, :2 * H], w_h[:, :2 * H]], axis=0) * half
+            w_nn = jnp.concatenate([w_x[:, 2 * H:], w_h[:, 2 * H:]], axis=0)
+
+        def gates(x_t, h):
+            """``(t = tanh(pre-activation of r, z halved), n, aux)``."""
+            if reset_after:
+                a = jnp.concatenate([x_t, h], axis=-1) @ w_blk
+                t = jnp.tanh(a[:, :2 * H] + b_rz)
+                hn = a[:, 3 * H:] + rows(b_hn, h)
+                n = jnp.tanh(a[:, 2 * H:3 * H] + b_n + (0.5 + 0.5 * t[:, :H]) * hn)
+                return t, n, hn
+            t = jnp.tanh(jnp.concatenate([x_t, h], axis=-1) @ w_rz + b_rz)
+            rh = (0.5 + 0.5 * t[:, :H]) * h
+            return t, jnp.tanh(jnp.concatenate([x_t, rh], axis=-1) @ w_nn + b_n), None
+    else:  # hoisted: the input projection of all steps as one matmul before the scan
+        s = jnp.concatenate([jnp.full((2 * H,), 0.5, w_h.dtype), jnp.ones((H,), w_h.dtype)])
+        seq = _flat_matmul(xs, w_x * s[None, :]) + (b * s).reshape(1, 1, -1)
+        w_rz = w_h[:, :2 * H] * half
+        w_n = w_h[:, 2 * H:]
+
+        def gates(g_t, h):
+            gr, gz, gn = jnp.split(g_t, 3, axis=-1)
+            if reset_after:
+                a = h @ jnp.concatenate([w_rz, w_n], axis=1)
+                t = jnp.tanh(jnp.concatenate([gr, gz], -1) + a[:, :2 * H])
+                hn = a[:, 2 * H:] + rows(b_hn, h)
+                return t, jnp.tanh(gn + (0.5 + 0.5 * t[:, :H]) * hn), hn
+            t = jnp.tanh(jnp.concatenate([gr, gz], -1) + h @ w_rz)
+            # the backward pass of this form needs no extra residual
+            return t, jnp.tanh(gn + ((0.5 + 0.5 * t[:, :H]) * h) @ w_n), None
 
     def step(h_kept, inp):
-        g_t, m, rs = inp
+        u_t, m, rs = inp
         h = _reset(rs, hr, h_kept)
-        gr, gz, gn = jnp.split(g_t, 3, axis=-1)
-        if reset_after:
-            a = h @ jnp.concatenate([w_rz, w_n], axis=1)
-            t = jnp.tanh(jnp.concatenate([gr, gz], -1) + a[:, :2 * H])
-            hn = a[:, 2 * H:] + rows(b_hn, h)
-            r = 0.5 + 0.5 * t[:, :H]
-            n = jnp.tanh(gn + r * hn)
-            aux = hn
-        else:
-            t = jnp.tanh(jnp.concatenate([gr, gz], -1) + h @ w_rz)
-            r = 0.5 + 0.5 * t[:, :H]
-            n = jnp.tanh(gn + (r * h) @ w_n)
-            aux = None  # the backward pass of this form needs no extra residual
+        t, n, aux = gates(u_t, h)
         z = 0.5 + 0.5 * t[:, H:]
         h_new = _where(m, h + z * (n - h), h_kept)
         if not save:  # inference: emit the outputs only
             return h_new, _where(m, h_new, jnp.zeros_like(h_new))
         return h_new, (h_new, t, n, aux)
 
-    hT, out = jax.lax.scan(step, h0, (gx, mask, resets), reverse=reverse, unroll=unroll)
+    hT, out = jax.lax.scan(step, h0, (seq, mask, resets), reverse=reverse, unroll=unroll)
     if not save:
         return (hT, out), None
     hs, ts, ns, auxs = out  # auxs: h W_hn + b_hn per step (reset after), else None
@@ -203,71 +249,95 @@ def _gru_forward(reverse, reset_after, unroll, w_x, w_h, b, b_hn, h0, xs, mask, 
     return (hT, ys), (hs, ts, ns, auxs)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def gru_scan(reverse, reset_after, unroll, w_x, w_h, b, b_hn, h0, xs, mask, resets=None, hr=None):
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def gru_scan(reverse, reset_after, unroll, project, w_x, w_h, b, b_hn, h0, xs, mask, resets=None,
+             hr=None):
     """Fused tanh GRU over ``xs [T, B, D]``: returns ``(h_T, ys [T, B, H])``.
 
-    ``b_hn [H]`` is used only when ``reset_after`` (pass zeros otherwise). ``resets [T, B]`` (or
-    None) with the reset carry ``hr [B, H]`` (see the module docstring).
+    ``project``: ``"step"`` or ``"hoisted"`` (see :data:`PROJECTIONS`). ``b_hn [H]`` is used only
+    when ``reset_after`` (pass zeros otherwise). ``resets [T, B]`` (or None) with the reset carry
+    ``hr [B, H]`` (see the module docstring).
     """
-    return _gru_forward(reverse, reset_after, unroll, w_x, w_h, b, b_hn, h0, xs, mask, resets, hr,
-                        save=False)[0]
+    return _gru_forward(reverse, reset_after, unroll, project, w_x, w_h, b, b_hn, h0, xs, mask,
+                        resets, hr, save=False)[0]
 
 
-def _gru_fwd(reverse, reset_after, unroll, w_x, w_h, b, b_hn, h0, xs, mask, resets=None, hr=None):
-    out, (hs, ts, ns, auxs) = _gru_forward(reverse, reset_after, unroll, w_x, w_h, b, b_hn, h0, xs,
-                                           mask, resets, hr)
+def _gru_fwd(reverse, reset_after, unroll, project, w_x, w_h, b, b_hn, h0, xs, mask, resets=None,
+             hr=None):
+    out, (hs, ts, ns, auxs) = _gru_forward(reverse, reset_after, unroll, project, w_x, w_h, b, b_hn,
+                                           h0, xs, mask, resets, hr)
     return out, (w_x, w_h, b_hn, h0, xs, mask, resets, hr, hs, ts, ns, auxs)
 
 
-def _gru_bwd(reverse, reset_after, unroll, res, g):
+def _gru_bwd(reverse, reset_after, unroll, project, res, g):
     w_x, w_h, b_hn, h0, xs, mask, resets, hr, hs, ts, ns, auxs = res
     H = h0.shape[-1]
     dhT, dys = g
     h_prev = _prev(hs, h0, reverse)
     if resets is not None:  # the carry each step actually started from
         h_prev = jnp.where(resets[..., None], hr[None], h_prev)
-    w_n = w_h[:, 2 * H:]
+    # As for the LSTM, what does not depend on the incoming gradient is computed for all steps at
+    # once, outside the serial loop. Every gate gradient is dh_in = dh + dy times such a factor
+    # (reset after) or, for the reset gate before W_hn, the gradient drh of r⊙h times one; the loop
+    # emits only dh_in (and drh) per step and the gate gradients are formed afterwards.
+    tr, tz = ts[..., :H], ts[..., H:]
+    r, z = 0.5 + 0.5 * tr, 0.5 + 0.5 * tz
+    Pn = z * (1.0 - ns * ns)                              # d n_pre / d h_in
+    Pz = (ns - h_prev) * 0.5 * (1.0 - tz) * z             # d z_pre / d h_in
+    Pr = (auxs if reset_after else h_prev) * 0.5 * (1.0 - tr) * r  # d r_pre / d(r ⊙ hn or r ⊙ h)
+    if mask is not None:  # a padded step passes dh through and has zero gate gradients
+        Pn, Pz, Pr = (_where(mask, a, jnp.zeros_like(a)) for a in (Pn, Pz, Pr))
+    K = 1.0 - z
+    if reset_after:  # d(h W_h + [0, 0, b_hn]) = dh_in ⊙ Q, Q = [Pn Pr, Pz, Pn r]
+        Q = jnp.concatenate([Pn * Pr, Pz, Pn * r], axis=-1)
+        Q = Q.reshape(*Q.shape[:-1], 3, H)
+        w_hT = w_h.T
 
-    def step(carry, inp):
-        dh, ghr = carry
-        dy, t, n, aux, hp, m, rs = inp
-        dh_in = dh + dy
-        tr, tz = t[:, :H], t[:, H:]
-        r, z = 0.5 + 0.5 * tr, 0.5 + 0.5 * tz
-        dn_pre = dh_in * z * (1.0 - n * n)
-        dz_pre = dh_in * (n - hp) * 0.5 * (1.0 - tz) * z
-        if reset_after:
-            dhn = dn_pre * r
-            dr_pre = dn_pre * aux * 0.5 * (1.0 - tr) * r
-            da = jnp.concatenate([dr_pre, dz_pre, dhn], axis=-1)  # d(h @ w_h) (+ b_hn for dhn)
-            dh_prev = da @ w_h.T + dh_in * (1.0 - z)
-            emit = (jnp.concatenate([dr_pre, dz_pre, dn_pre], -1), dhn)
-        else:
-            drh = dn_pre @ w_n.T  # d(r⊙h)
-            dr_pre = drh * hp * 0.5 * (1.0 - tr) * r
-            drz = jnp.concatenate([dr_pre, dz_pre], axis=-1)
-            dh_prev = drz @ w_h[:, :2 * H].T + drh * r + dh_in * (1.0 - z)
-            emit = (jnp.concatenate([dr_pre, dz_pre, dn_pre], -1), r * hp)
-        emit = jax.tree_util.tree_map(lambda e: _where(m, e, jnp.zeros_like(e)), emit)
-        ghr, dh_prev = _take_reset(rs, ghr, _where(m, dh_prev, dh))
-        return (dh_prev, ghr), emit
+        def step(carry, inp):
+            dh, ghr = carry
+            dy, q, k, m, rs = inp
+            dh_in = dh + dy
+            da = (dh_in[:, None, :] * q).reshape(dh_in.shape[0], 3 * H)
+            dh_prev = _where(m, da @ w_hT + dh_in * k, dh)
+            ghr, dh_prev = _take_reset(rs, ghr, dh_prev)
+            return (dh_prev, ghr), dh_in
+
+        xs_loop = (dys, Q, K)
+    else:
+        w_nT, w_rzT = w_h[:, 2 * H:].T, w_h[:, :2 * H].T
+        PrzT = jnp.stack([Pr, Pz], axis=-2)  # [T, B, 2, H]
+
+        def step(carry, inp):
+            dh, ghr = carry
+            dy, pn, prz, rr, k, m, rs = inp
+            dh_in = dh + dy
+            drh = (dh_in * pn) @ w_nT  # d(r⊙h)
+            drz = (jnp.stack([drh, dh_in], axis=-2) * prz).reshape(dh_in.shape[0], 2 * H)
+            dh_prev = _where(m, drz @ w_rzT + drh * rr + dh_in * k, dh)
+            ghr, dh_prev = _take_reset(rs, ghr, dh_prev)
+            return (dh_prev, ghr), (dh_in, drh)
+
+        xs_loop = (dys, Pn, PrzT, r, K)
 
     dys = _where(mask, dys, jnp.zeros_like(dys))
-    (dh0, ghr), (dzs, extra) = jax.lax.scan(
-        step, (dhT, _zeros_or_none(hr)), (dys, ts, ns, auxs, h_prev, mask, resets),
-        reverse=not reverse, unroll=unroll)
+    xs_loop = (dys,) + xs_loop[1:]
+    (dh0, ghr), out = jax.lax.scan(step, (dhT, _zeros_or_none(hr)), xs_loop + (mask, resets),
+                                   reverse=not reverse, unroll=unroll)
+    if reset_after:
+        da = (out[..., None, :] * Q).reshape(*out.shape[:-1], 3 * H)  # d(h W_h), with b_hn
+        dn = out * Pn
+        dzs = jnp.concatenate([da[..., :2 * H], dn], axis=-1)
+        dw_h = _flat_tmatmul(h_prev, da)
+        db_hn = da[..., 2 * H:].sum(axis=(0, 1))
+    else:
+        dh_in, drh = out
+        dn = dh_in * Pn
+        dzs = jnp.concatenate([drh * Pr, dh_in * Pz, dn], axis=-1)
+        dw_h = jnp.concatenate([_flat_tmatmul(h_prev, dzs[..., :2 * H]),
+                                _flat_tmatmul(r * h_prev, dn)], axis=1)  # r⊙h: W_hn's input
+        db_hn = jnp.zeros_like(b_hn)
     dw_x = _flat_tmatmul(xs, dzs)
     db = dzs.sum(axis=(0, 1))
-    if reset_after:
-        # extra = d(h W_hn + b_hn); gate rows r, z use dzs directly
-        dw_h = _flat_tmatmul(h_prev, jnp.concatenate([dzs[..., :2 * H], extra], -1))
-        db_hn = extra.sum(axis=(0, 1))
-    else:
-        # extra = r ⊙ h_prev, the input of W_hn
-        dw_h = jnp.concatenate([_flat_tmatmul(h_prev, dzs[..., :2 * H]),
-                                _flat_tmatmul(extra, dzs[..., 2 * H:])], axis=1)
-        db_hn = jnp.zeros_like(b_hn)
     return dw_x, dw_h, db, db_hn, dh0, _flat_matmul(dzs, w_x.T), None, None, ghr
 
 
@@ -296,23 +366,56 @@ def _flat_resets(resets, m, T, B):
     return r if m is None else r & m
 
 
-def lstm_sequence(params, carry, xs, *, mask, reverse, unroll, resets=None, reset_carry=None):
+PROJECTIONS = ("auto", "step", "hoisted")
+"""Where the fused paths compute the input projection ``x_t W_x``:
+
+- ``"step"``: inside each step, in one ``[B, D+H] x [D+H, nH]`` matmul with the recurrent one
+  (the classic arrangement; nothing of size ``[T, B, nH]`` is written or read in the forward);
+- ``"hoisted"``: for all steps at once, one ``[T*B, D] x [D, nH]`` matmul before the scan (the
+  cuDNN arrangement; the per-step matmul is ``[B, H] x [H, nH]``);
+- ``"auto"``: ``"step"`` when ``D <= max(H, 64)``, else ``"hoisted"`` (measured on CPU: see
+  ``benchmarks/results/speed-projection``).
+"""
+
+
+def check_projection(projection: str) -> str:
+    if projection not in PROJECTIONS:
+        raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
+    return projection
+
+
+def resolve_projection(projection: str, D: int, H: int) -> str:
+    """The arrangement ``projection`` stands for at input size ``D`` and hidden size ``H``."""
+    if projection != "auto":
+        return projection
+    return "step" if D <= max(H, 64) else "hoisted"
+
+
+def lstm_sequence(projection: str = "auto"):
     """``Cell.sequence`` of ``rnnjax.lstm`` without peepholes (see :func:`lstm_scan`)."""
-    D = params["w_x"].shape[0]
-    x2, m, batch, B = _flatten(xs, mask, carry.h, D)
-    H = carry.h.shape[-1]
-    r = _flat_resets(resets, m, xs.shape[0], B)
-    hr = cr = None
-    if r is not None:
-        rc = carry if reset_carry is None else reset_carry
-        hr, cr = rc.h.reshape(B, H), rc.c.reshape(B, H)
-    h, c, ys = lstm_scan(reverse, unroll, params["w_x"], params["w_h"], params["b"],
-                         carry.h.reshape(B, H), carry.c.reshape(B, H), x2, m, r, hr, cr)
-    return LSTMState(h.reshape(*batch, H), c.reshape(*batch, H)), ys.reshape(xs.shape[0], *batch, H)
+    check_projection(projection)
+
+    def sequence(params, carry, xs, *, mask, reverse, unroll, resets=None, reset_carry=None):
+        D = params["w_x"].shape[0]
+        x2, m, batch, B = _flatten(xs, mask, carry.h, D)
+        H = carry.h.shape[-1]
+        r = _flat_resets(resets, m, xs.shape[0], B)
+        hr = cr = None
+        if r is not None:
+            rc = carry if reset_carry is None else reset_carry
+            hr, cr = rc.h.reshape(B, H), rc.c.reshape(B, H)
+        h, c, ys = lstm_scan(reverse, unroll, resolve_projection(projection, D, H), params["w_x"],
+                             params["w_h"], params["b"], carry.h.reshape(B, H),
+                             carry.c.reshape(B, H), x2, m, r, hr, cr)
+        return (LSTMState(h.reshape(*batch, H), c.reshape(*batch, H)),
+                ys.reshape(xs.shape[0], *batch, H))
+
+    return sequence
 
 
-def gru_sequence(reset_after: bool):
+def gru_sequence(reset_after: bool, projection: str = "auto"):
     """``Cell.sequence`` of ``rnnjax.gru`` with the tanh candidate (see :func:`gru_scan`)."""
+    check_projection(projection)
 
     def sequence(params, carry, xs, *, mask, reverse, unroll, resets=None, reset_carry=None):
         D = params["w_x"].shape[0]
@@ -323,8 +426,9 @@ def gru_sequence(reset_after: bool):
         hr = None
         if r is not None:
             hr = (carry if reset_carry is None else reset_carry).reshape(B, H)
-        h, ys = gru_scan(reverse, reset_after, unroll, params["w_x"], params["w_h"], params["b"], b_hn,
-                         carry.reshape(B, H), x2, m, r, hr)
+        h, ys = gru_scan(reverse, reset_after, unroll, resolve_projection(projection, D, H),
+                         params["w_x"], params["w_h"], params["b"], b_hn, carry.reshape(B, H), x2,
+                         m, r, hr)
         return h.reshape(*batch, H), ys.reshape(xs.shape[0], *batch, H)
 
     return sequence

@@ -24,6 +24,7 @@ def gru(
     recurrent_init: Initializer = inits.orthogonal(),
     bias_init: Initializer = inits.zeros,
     dtype=jnp.float32,
+    projection: str = "auto",
 ) -> Cell:
     """Gated recurrent unit (Cho et al. 2014).
 
@@ -43,8 +44,12 @@ def gru(
       hidden_size: H.
       candidate_activation: φ (``jnp.tanh``; ``jax.nn.relu`` gives a ReLU candidate, as in Ravanelli et al. 2018).
       reset: ``"before"`` or ``"after"`` (where the reset gate is applied).
+      projection: where ``unroll``'s fused path (tanh candidate) computes the input projection:
+        ``"step"``, ``"hoisted"`` or ``"auto"`` (as for :func:`rnnjax.lstm`; the same function
+        either way, only the speed differs).
     """
     H = check_size("hidden_size", hidden_size)
+    fused.check_projection(projection)
     if reset not in _RESETS:
         raise ValueError(f"reset must be one of {_RESETS}, got {reset!r}")
 
@@ -85,7 +90,7 @@ def gru(
         return h, h
 
     # the fused path (cells/fused.py) knows the tanh candidate's derivative; other activations scan
-    sequence = fused.gru_sequence(reset == "after") if candidate_activation is jnp.tanh else None
+    sequence = fused.gru_sequence(reset == "after", projection) if candidate_activation is jnp.tanh else None
     return Cell(init, initial_carry, apply, sequence=sequence)
 
 

@@ -22,6 +22,7 @@ def lstm(
     bias_init: Initializer = inits.zeros,
     peephole_init: Initializer = inits.zeros,
     dtype=jnp.float32,
+    projection: str = "auto",
 ) -> Cell:
     """LSTM (Hochreiter & Schmidhuber 1997) with forget gate and optional peepholes (Gers & Schmidhuber 2000).
 
@@ -41,8 +42,13 @@ def lstm(
       chrono: if given, chrono initialisation (Tallec & Ollivier 2018) with ``T_max = chrono``:
         ``b_f ~ log U[1, T_max - 1]`` and ``b_i = -b_f``; ``forget_bias`` is then ignored.
       input_init, recurrent_init: applied to each gate's block of ``w_x`` / ``w_h``.
+      projection: where ``unroll``'s fused path (no peepholes) computes the input projection:
+        ``"step"`` (inside each step, with the recurrent matmul), ``"hoisted"`` (for all steps
+        before the scan) or ``"auto"`` (``"step"`` when ``D <= max(H, 64)``). The same function
+        either way; only the speed differs (see ``rnnjax.cells.fused.PROJECTIONS``).
     """
     H = check_size("hidden_size", hidden_size)
+    fused.check_projection(projection)
     if chrono is not None:
         chrono_init = inits.chrono(chrono)
 
@@ -88,4 +94,4 @@ def lstm(
         h = jax.nn.sigmoid(zo) * jnp.tanh(c)
         return LSTMState(h, c), h
 
-    return Cell(init, initial_carry, apply, sequence=None if peephole else fused.lstm_sequence)
+    return Cell(init, initial_carry, apply, sequence=None if peephole else fused.lstm_sequence(projection))
