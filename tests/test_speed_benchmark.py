@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/speed.py: a tiny run end to end (seconds), in a subprocess."""
+"""benchmarks/speed.py (a tiny run end to end in a subprocess; its report pieces in-process) and
+benchmarks/profile_fused.py."""
 
 import json
 import os
@@ -35,3 +36,57 @@ def test_speed_benchmark_smoke(tmp_path):
     long = result["long"]["variants"]
     assert long["default"]["median_ms"] > 0
     assert "median_ms" in long["remat_chunk"] or "skipped" in long["remat_chunk"]
+
+
+# ------------------------------------------------------------- fast, in-process: the report pieces
+
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+
+def _row(impl, family, mode, ms, size=(2, 4, 3, 5), cell="lstm"):
+    return {"size": dict(zip("BTDH", size)), "cell": cell, "impl": impl, "label": impl,
+            "family": family, "mode": mode, "flops": 1.0, "floor_ms": 1.0, "median_ms": ms,
+            "times_ms": [ms], "x_floor": ms, "compile_s": 0.1}
+
+
+def test_ratios_to_the_fastest_peer_and_jax_peer_and_rerender(tmp_path):
+    import speed
+
+    rows = [_row("rnnjax", "rnnjax", "train", 90.0), _row("flax", "peer", "train", 100.0),
+            _row("equinox", "peer", "train", 120.0), _row("torch", "peer", "train", 60.0),
+            _row("rnnjax", "rnnjax", "forward", 30.0), _row("flax", "peer", "forward", 20.0)]
+    speed.add_ratios(rows)
+    tr = rows[0]
+    assert tr["fastest_peer"] == "torch" and tr["x_fastest_peer"] == 1.5
+    assert tr["fastest_jax_peer"] == "flax" and tr["x_fastest_jax_peer"] == 0.9  # torch excluded
+    assert rows[4]["x_fastest_jax_peer"] == 1.5 and rows[4]["x_fastest_peer"] == 1.5
+    info = {"backend": "cpu", "devices": ["cpu"], "cpu_model": "X", "cpu_isa": "avx2 fma",
+            "cpu_count": 2, "versions": {"jax": "j", "flax": "f", "torch": "t"},
+            "gemm": {"gflops": 1.0, "n": 8}, "repeats": 1}
+    result = {"machine": info, "results": rows, "long": None,
+              "config": {"sizes": [dict(zip("BTDH", (2, 4, 3, 5)))], "cells": ["lstm"]}}
+    (tmp_path / "speed.json").write_text(json.dumps(result))
+    speed.main(["--rerender", "--out", str(tmp_path)])
+    md = (tmp_path / "speed.md").read_text()
+    assert "x2 (avx2 fma)" in md and "train x JAX peer" in md
+    assert "| lstm | **rnnjax** | 90.00 | 30.00 | 0.90 | 1.50 | 1.50 | 1.50 |" in md
+
+
+def test_the_default_row_names_the_arrangement_auto_chose():
+    import speed
+
+    assert speed.path_note("rnnjax", "lstm", speed.Size(32, 256, 32, 256)) == " [step]"
+    assert speed.path_note("rnnjax", "gru", speed.Size(8, 10, 512, 128)) == " [hoisted]"
+    assert speed.path_note("flax", "lstm", speed.Size(8, 10, 512, 128)) == ""
+
+
+def test_profile_fused_runs_and_reports_every_part(capsys):
+    import profile_fused
+
+    profile_fused.main(["--sizes", "2x3x2x3", "--cells", "lstm,gru", "--repeats", "1"])
+    out = capsys.readouterr().out
+    for part in ("forward (inference)", "forward (saving residuals)", "backward",
+                 "weight-gradient matmuls", "recurrent matmuls alone", "train step"):
+        assert out.count(part) == 2, part  # once per cell
+    with pytest.raises(SystemExit):
+        profile_fused.main(["--cells", "rnn"])
