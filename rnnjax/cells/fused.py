@@ -1,13 +1,17 @@
-"""Fused sequence paths for the LSTM and GRU (the cuDNN arrangement), used by ``unroll``.
+"""Fused sequence paths for the LSTM and GRU, used by ``unroll``.
 
 ``unroll`` over ``rnnjax.lstm`` / ``rnnjax.gru`` calls these instead of scanning ``apply`` when the
 cell allows it (no peepholes; tanh candidate). They compute the same function with less work:
 
-- the input projection of all steps is one ``[T*B, D] x [D, nH]`` matmul before the scan;
+- the input projection ``x_t W_x`` either inside each step, in one ``[B, D+H] x [D+H, nH]`` matmul
+  with the recurrent one (``project="step"``), or for all steps at once before the scan, one
+  ``[T*B, D] x [D, nH]`` matmul (``"hoisted"``, the cuDNN arrangement); see :data:`PROJECTIONS`;
 - the sigmoid gates are evaluated through tanh, ``σ(z) = (1 + tanh(z/2)) / 2``, with the ``1/2``
   folded into the weights once per sequence, so one ``tanh`` covers all gates of a step;
-- a custom VJP: the backward scan carries only ``dh`` (and ``dc``) and emits the pre-activation
-  gradients ``dz_t``; the weight gradients are then single large matmuls over all steps
+- a custom VJP: every factor of the backward pass that does not depend on the incoming gradient
+  (the gate derivatives, ``tanh(c)``) is computed for all steps at once before the reverse scan,
+  whose body is then a few multiply-adds and the matmul with ``W_h^T``; it carries only ``dh``
+  (and ``dc``), and the weight gradients are single large matmuls over all steps after it
   (``dW_h = H_prev^T dZ``, ``dW_x = X^T dZ``) instead of a ``[H, nH]`` accumulation per step.
 
 Inputs are time-major with one flattened batch axis: ``xs [T, B, D]``, ``mask [T, B]`` (bool or None;
