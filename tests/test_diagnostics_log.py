@@ -130,7 +130,11 @@ def test_lstm_gru_against_float64_reference(make):
     leaves64, total64 = _autodiff_log10_norms(cell, params, xs, loss_fn, jnp.float64)
     _, total32 = _autodiff_log10_norms(cell, params, xs, loss_fn, jnp.float32)
     assert np.all(np.isfinite(total64)) and total64[0] < -60  # representable in float64, not float32
-    assert np.sum(np.isneginf(total32)) >= 20  # float32 autodiff reports exact zeros there
+    # float32 autodiff cannot represent those steps: it reports exact zeros, or (on CPUs whose
+    # kernels keep subnormals in part of the step, seen on an AVX-512 EPYC) a floor near the
+    # smallest normal float32, decades away from the true value
+    wrong32 = np.isneginf(total32) | (np.abs(total32 - total64) > 5.0)
+    assert np.sum(wrong32) >= 20
     got = np.asarray(flow.log10_norms, np.float64)
     err = np.max(np.abs(got - total64))
     assert err < 5e-4, err  # 1e-3 relative
