@@ -848,8 +848,13 @@ def write_outputs(out: str, flows: list[dict], runs: list[dict], meta: dict) -> 
         n_done = len({(r["row"], r["task"], r["T"]) for r in runs})
         md.append(f"**Partial results: {n_done} of {n_done + len(meta['pending'])} training rows are "
                   f"finished.** The study continues (finished rows are read back) with\n\n"
-                  f"    {meta['continue_command']}\n\nPending: " + ", ".join(
-                      f"{q['row']} {q['task']} T={q['T']}" for q in meta["pending"]) + ".\n")
+                  f"    {meta['continue_command']}\n\nPending:\n")
+        by_row: dict[str, dict[str, list[int]]] = {}
+        for q in meta["pending"]:
+            by_row.setdefault(q["row"], {}).setdefault(q["task"], []).append(q["T"])
+        md += [f"- {row}: " + "; ".join(f"{task} T={', '.join(map(str, Ts))}" for task, Ts in tasks.items())
+               for row, tasks in by_row.items()]
+        md.append("")
     if flows:
         T = flows[0]["T"]
         md.append(f"## Gradient flow at initialisation (T={T}, H={meta['H']}, loss on the last output)\n\n"

@@ -239,7 +239,7 @@ def test_finished_only_reports_a_study_in_progress(tmp_path, monkeypatch):
     cont = f"python benchmarks/vanishing.py --quick --workdir {work} --out {out}"
     assert data["meta"]["continue_command"] == cont
     md = (tmp_path / "out" / "results.md").read_text()
-    assert "1 of 2 training rows are finished" in md and cont in md and "irnn adding T=6" in md
+    assert "1 of 2 training rows are finished" in md and cont in md and "- irnn: adding T=6" in md
     assert not os.path.exists(os.path.join(work, "adding-T6-irnn"))
     with pytest.raises(SystemExit):
         vanishing.main(["--quick", "--out", out, "--finished-only"])  # needs --workdir
