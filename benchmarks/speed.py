@@ -843,7 +843,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--impls", default=",".join(IMPLS),
                     help="comma list of implementations to try (those not installed are skipped)")
     ap.add_argument("--repeats", type=int, default=None,
-                    help="timed calls after 2 warm-up calls; None: 10 (2 with --quick)")
+                    help="timed rounds after 2 warm-up calls (each round calls every implementation "
+                         "and mode of a size and cell once); None: 10 (2 with --quick)")
     ap.add_argument("--gemm-n", type=int, default=None,
                     help="size of the square GEMM-rate matmul; None: 2048 (256 with --quick)")
     ap.add_argument("--quick", action="store_true",
