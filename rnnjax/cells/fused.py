@@ -306,7 +306,7 @@ def _gru_bwd(reverse, reset_after, unroll, project, res, g):
             ghr, dh_prev = _take_reset(rs, ghr, dh_prev)
             return (dh_prev, ghr), dh_in
 
-        xs_loop = (dys, Q, K)
+        xs_loop = (Q, K)
     else:
         w_nT, w_rzT = w_h[:, 2 * H:].T, w_h[:, :2 * H].T
         PrzT = jnp.stack([Pr, Pz], axis=-2)  # [T, B, 2, H]
@@ -321,11 +321,10 @@ def _gru_bwd(reverse, reset_after, unroll, project, res, g):
             ghr, dh_prev = _take_reset(rs, ghr, dh_prev)
             return (dh_prev, ghr), (dh_in, drh)
 
-        xs_loop = (dys, Pn, PrzT, r, K)
+        xs_loop = (Pn, PrzT, r, K)
 
     dys = _where(mask, dys, jnp.zeros_like(dys))
-    xs_loop = (dys,) + xs_loop[1:]
-    (dh0, ghr), out = jax.lax.scan(step, (dhT, _zeros_or_none(hr)), xs_loop + (mask, resets),
+    (dh0, ghr), out = jax.lax.scan(step, (dhT, _zeros_or_none(hr)), (dys, *xs_loop, mask, resets),
                                    reverse=not reverse, unroll=unroll)
     if reset_after:
         da = (out[..., None, :] * Q).reshape(*out.shape[:-1], 3 * H)  # d(h W_h), with b_hn
