@@ -196,3 +196,29 @@ def test_mixed_dtypes_are_refused_clearly():
         rnnjax.unroll(cell, half, XS, c32)
     with pytest.raises(TypeError, match="must have a floating dtype"):
         rnnjax.unroll(cell, params, jnp.ones((4, 2, D), jnp.int32))
+
+
+@pytest.mark.parametrize("factory, arg", [
+    (rnnjax.cornn, "dt"), (rnnjax.lem, "dt"), (rnnjax.antisymmetric, "epsilon"),
+    (rnnjax.lipschitz, "beta"), (lambda H, **kw: rnnjax.lru(H, 4, **kw), "r_max"), (rnnjax.rglru, "c"),
+])
+def test_factory_numbers_accept_numpy_scalars_and_refuse_bools_and_nan(factory, arg):
+    """Hyperparameters are finite real numbers: NumPy scalars work and give the same cell as the
+    Python float; a bool, a string or NaN is refused with the argument's name."""
+    value = {"dt": 0.05, "epsilon": 0.02, "beta": 0.5, "r_max": 0.95, "c": 4.0}[arg]
+    key, x = jax.random.PRNGKey(0), jnp.ones((5, 2, 3))
+    ys_py = rnnjax.unroll(factory(8, **{arg: value}), factory(8, **{arg: value}).init(key, 3), x)[0]
+    cell_np = factory(8, **{arg: np.float32(value)})
+    ys_np = rnnjax.unroll(cell_np, cell_np.init(key, 3), x)[0]
+    np.testing.assert_allclose(np.asarray(ys_np), np.asarray(ys_py), rtol=1e-6, atol=1e-7)
+    for bad in (True, "0.1", float("nan")):
+        with pytest.raises(TypeError, match=f"{arg} must be a finite number, got {bad!r}"):
+            factory(8, **{arg: bad})
+
+
+def test_indrnn_max_abs_names_its_argument():
+    assert rnnjax.indrnn_max_abs(np.float64(100.0)) == pytest.approx(2.0 ** 0.01)
+    with pytest.raises(ValueError, match="max_timescale must be >= 1.0, got 0.5"):
+        rnnjax.indrnn_max_abs(0.5)
+    with pytest.raises(TypeError, match="max_timescale must be a finite number"):
+        rnnjax.indrnn_max_abs(float("inf"))

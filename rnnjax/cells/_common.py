@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import jax
@@ -18,6 +20,26 @@ def check_size(name: str, value: Any) -> int:
     if value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value}")
     return int(value)
+
+
+def check_number(name: str, value: Any, *, positive: bool = False, lo: float | None = None,
+                 hi: float | None = None) -> float:
+    """A finite real number (Python or NumPy scalar, not a bool) as a float, within the bounds given.
+
+    A TypeError names ``name`` when it is not a finite number, a ValueError when it is out of
+    range (``positive``: ``> 0``; ``lo``/``hi``: inclusive bounds).
+    """
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)):
+        raise TypeError(f"{name} must be a finite number, got {value!r}")
+    value = float(value)
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    if lo is not None and value < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise ValueError(f"{name} must be <= {hi}, got {value}")
+    return value
 
 
 def check_batch_shape(batch_shape: Any) -> tuple[int, ...]:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 from rnnjax import initializers as inits
-from rnnjax.cells._common import check_batch_shape, check_carry_batch, check_input, check_size, rows, split_keys
+from rnnjax.cells._common import (check_batch_shape, check_carry_batch, check_input, check_number, check_size,
+                                  rows, split_keys)
 from rnnjax.types import Array, Cell, Initializer, Params
 
 
@@ -19,10 +19,7 @@ def indrnn_max_abs(max_timescale: float) -> float:
     With ``|u| <= 2^(1/T)`` a unit's state can grow by at most a factor of 2 over T steps
     (``|u|^T <= 2``), so neither the state nor the gradient explodes over the horizon.
     """
-    if isinstance(max_timescale, bool) or not isinstance(max_timescale, (int, float)) or not (
-            math.isfinite(max_timescale) and max_timescale >= 1):
-        raise ValueError(f"max_timescale must be a finite number >= 1, got {max_timescale!r}")
-    return 2.0 ** (1.0 / max_timescale)
+    return 2.0 ** (1.0 / check_number("max_timescale", max_timescale, lo=1.0))
 
 
 def indrnn_constrain(params: Params, max_abs: float, min_abs: float = 0.0) -> Params:

@@ -7,7 +7,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from rnnjax.cells._common import check_batch_shape, check_carry_batch, check_input, check_size, rows, split_keys
+from rnnjax.cells._common import (check_batch_shape, check_carry_batch, check_input, check_number, check_size,
+                                  rows, split_keys)
 from rnnjax.types import Array, Cell, LinearForm, LinearRecurrence
 
 
@@ -53,9 +54,8 @@ def lru(
     """
     H = check_size("hidden_size", hidden_size)
     N = check_size("state_size", state_size)
-    for name, v in (("r_min", r_min), ("r_max", r_max), ("max_phase", max_phase)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise TypeError(f"{name} must be a finite number, got {v!r}")
+    r_min, r_max = check_number("r_min", r_min), check_number("r_max", r_max)
+    max_phase = check_number("max_phase", max_phase)
     if not 0.0 <= r_min < r_max <= 1.0:
         raise ValueError(f"need 0 <= r_min < r_max <= 1, got r_min={r_min}, r_max={r_max}")
     if max_phase <= 0:

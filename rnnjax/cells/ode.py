@@ -13,21 +13,9 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax import initializers as inits
-from rnnjax.cells._common import check_batch_shape, check_carry_batch, check_input, check_size, rows, split_keys
+from rnnjax.cells._common import (check_batch_shape, check_carry_batch, check_input, check_number, check_size,
+                                  rows, split_keys)
 from rnnjax.types import Array, Cell, Initializer
-
-
-def _check_float(name: str, value, *, positive: bool = False, lo: float | None = None,
-                 hi: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    if lo is not None and value < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {value}")
-    if hi is not None and value > hi:
-        raise ValueError(f"{name} must be <= {hi}, got {value}")
-    return float(value)
 
 
 def _dense(x: Array, w: Array, b: Array) -> Array:
@@ -100,9 +88,9 @@ def antisymmetric(
     was released with the paper); tune them per task as the paper did.
     """
     H = check_size("hidden_size", hidden_size)
-    epsilon = _check_float("epsilon", epsilon, positive=True)
-    gamma = _check_float("gamma", gamma, lo=0.0)
-    sigma_w = _check_float("sigma_w", sigma_w, lo=0.0)
+    epsilon = check_number("epsilon", epsilon, positive=True)
+    gamma = check_number("gamma", gamma, lo=0.0)
+    sigma_w = check_number("sigma_w", sigma_w, lo=0.0)
     if not isinstance(gated, bool):
         raise TypeError(f"gated must be a bool, got {gated!r}")
     n = 2 if gated else 1
@@ -185,11 +173,11 @@ def lipschitz(
     one ``γ`` for both matrices, ``init_std`` at its default 6; Euler step as here).
     """
     H = check_size("hidden_size", hidden_size)
-    beta = _check_float("beta", beta, lo=0.0, hi=1.0)
-    gamma_a = _check_float("gamma_a", gamma_a, lo=0.0)
-    gamma_w = _check_float("gamma_w", gamma_w, lo=0.0)
-    epsilon = _check_float("epsilon", epsilon, positive=True)
-    init_std = _check_float("init_std", init_std, lo=0.0)
+    beta = check_number("beta", beta, lo=0.0, hi=1.0)
+    gamma_a = check_number("gamma_a", gamma_a, lo=0.0)
+    gamma_w = check_number("gamma_w", gamma_w, lo=0.0)
+    epsilon = check_number("epsilon", epsilon, positive=True)
+    init_std = check_number("init_std", init_std, lo=0.0)
     if method not in ("euler", "rk2"):
         raise ValueError(f"method must be 'euler' or 'rk2', got {method!r}")
 

@@ -10,7 +10,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnnjax.cells._common import check_batch_shape, check_carry_batch, check_input, check_size, rows, split_keys
+from rnnjax.cells._common import (check_batch_shape, check_carry_batch, check_input, check_number, check_size,
+                                  rows, split_keys)
 from rnnjax.types import Array, BlockLinearRecurrence, Cell, LinearForm
 
 
@@ -19,16 +20,6 @@ class OscillatorState(NamedTuple):
 
     y: Array
     z: Array
-
-
-def _number(name: str, value, *, positive: bool = False, nonnegative: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    if nonnegative and value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return float(value)
 
 
 def _uniform(key, shape, bound, dtype):
@@ -87,9 +78,9 @@ def cornn(
       dtype: parameter dtype.
     """
     H = check_size("hidden_size", hidden_size)
-    dt = _number("dt", dt, positive=True)
-    gamma = _number("gamma", gamma)
-    epsilon = _number("epsilon", epsilon)
+    dt = check_number("dt", dt, positive=True)
+    gamma = check_number("gamma", gamma)
+    epsilon = check_number("epsilon", epsilon)
     if not isinstance(implicit_damping, bool):
         raise TypeError(f"implicit_damping must be a bool, got {implicit_damping!r}")
 
@@ -152,7 +143,7 @@ def lem(hidden_size: int, *, dt: float = 0.0242, dtype=jnp.float32) -> Cell:
       dtype: parameter dtype.
     """
     H = check_size("hidden_size", hidden_size)
-    dt = _number("dt", dt, positive=True)
+    dt = check_number("dt", dt, positive=True)
 
     def init(key, input_size):
         D = check_size("input_size", input_size)

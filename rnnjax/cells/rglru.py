@@ -8,7 +8,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from rnnjax.cells._common import check_batch_shape, check_carry_batch, check_input, check_size, rows, split_keys
+from rnnjax.cells._common import (check_batch_shape, check_carry_batch, check_input, check_number, check_size,
+                                  rows, split_keys)
 from rnnjax.types import Array, Cell, LinearForm, LinearRecurrence
 
 
@@ -71,9 +72,7 @@ def rglru(
       dtype: parameter dtype.
     """
     H = check_size("hidden_size", hidden_size)
-    for name, v in (("c", c), ("a_min", a_min), ("a_max", a_max)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise TypeError(f"{name} must be a finite number, got {v!r}")
+    c, a_min, a_max = check_number("c", c), check_number("a_min", a_min), check_number("a_max", a_max)
     if c <= 0:
         raise ValueError(f"c must be > 0, got {c}")
     if not 0.0 < a_min < a_max < 1.0:

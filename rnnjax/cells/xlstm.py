@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax import initializers as inits
-from rnnjax.cells._common import check_batch_shape, check_carry_batch, check_input, check_size, rows, split_keys
+from rnnjax.cells._common import (check_batch_shape, check_carry_batch, check_input, check_number, check_size,
+                                  rows, split_keys)
 from rnnjax.types import Array, Cell, Initializer, LinearForm, LinearRecurrence
 
 
@@ -120,9 +121,11 @@ def slstm(
     _check_forget_gate(forget_gate)
     if not isinstance(stabilize, bool):
         raise TypeError(f"stabilize must be a bool, got {stabilize!r}")
-    if forget_bias != "powerlaw" and (isinstance(forget_bias, bool)
-                                      or not isinstance(forget_bias, (int, float))):
-        raise TypeError(f"forget_bias must be 'powerlaw' or a number, got {forget_bias!r}")
+    if not (isinstance(forget_bias, str) and forget_bias == "powerlaw"):
+        try:
+            forget_bias = check_number("forget_bias", forget_bias)
+        except TypeError:
+            raise TypeError(f"forget_bias must be 'powerlaw' or a finite number, got {forget_bias!r}") from None
 
     def init(key, input_size):
         D = check_size("input_size", input_size)
