@@ -789,6 +789,8 @@ def literature_comparison(runs: list[dict]) -> str:
         if tried:
             got = f"longest T solved: {best}" if best else "solved at no T"
             lines.append(f"- {claim}: {row} on {task} — {got} (tried T = {', '.join(map(str, tried))}).")
+    if len(lines) == 2:
+        lines.append("- none of these rows is finished yet.")
     lines.append("\nThe grid gives every cell the same budget and recipe; the papers' own recipes "
                  "and budgets are tested in the table of claims.")
     return "\n".join(lines)

@@ -62,6 +62,18 @@ def test_curve_styles_are_distinct_for_25_rows():
         assert a[0] != b[0] and a[1] != b[1]
 
 
+def test_literature_comparison_reports_longest_solved_or_says_nothing_is_finished():
+    def run(row, task, T, solved):
+        return {"row": row, "task": task, "T": T, "solved": solved, "paper": False}
+
+    text = vanishing.literature_comparison([run("cornn", "adding", 50, False)])
+    assert text.rstrip().splitlines()[-3] == "- none of these rows is finished yet."
+    text = vanishing.literature_comparison([run("lstm-fb1", "adding", 50, True), run("lstm-fb1", "adding", 200, True),
+                                            run("lstm-fb1", "adding", 500, False)])
+    assert "LSTM solves adding to T≈400: lstm-fb1 on adding — longest T solved: 200 (tried T = 50, 200, 500)." in text
+    assert "none of these rows" not in text
+
+
 def test_every_spec_builds():
     x = jax.ShapeDtypeStruct((2, 2), jnp.float32)
     for spec in vanishing.specs():  # by shapes only (nothing compiled): every factory call is valid
