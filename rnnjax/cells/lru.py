@@ -55,11 +55,9 @@ def lru(
     H = check_size("hidden_size", hidden_size)
     N = check_size("state_size", state_size)
     r_min, r_max = check_number("r_min", r_min), check_number("r_max", r_max)
-    max_phase = check_number("max_phase", max_phase)
+    max_phase = check_number("max_phase", max_phase, positive=True)
     if not 0.0 <= r_min < r_max <= 1.0:
         raise ValueError(f"need 0 <= r_min < r_max <= 1, got r_min={r_min}, r_max={r_max}")
-    if max_phase <= 0:
-        raise ValueError(f"max_phase must be > 0, got {max_phase}")
     complex_dtype = jnp.result_type(dtype, jnp.complex64)
 
     def init(key, input_size):

@@ -72,14 +72,12 @@ def rglru(
       dtype: parameter dtype.
     """
     H = check_size("hidden_size", hidden_size)
-    c, a_min, a_max = check_number("c", c), check_number("a_min", a_min), check_number("a_max", a_max)
-    if c <= 0:
-        raise ValueError(f"c must be > 0, got {c}")
+    c = check_number("c", c, positive=True)
+    a_min, a_max = check_number("a_min", a_min), check_number("a_max", a_max)
     if not 0.0 < a_min < a_max < 1.0:
         raise ValueError(f"need 0 < a_min < a_max < 1, got a_min={a_min}, a_max={a_max}")
     if not isinstance(input_projection, bool):
         raise TypeError(f"input_projection must be a bool, got {input_projection!r}")
-    c = float(c)
 
     def init(key, input_size):
         D = check_size("input_size", input_size)
