@@ -143,21 +143,21 @@ SPECS_ALL = [
                      "order 10^4 steps (Li et al. 2018, Fig. 2)")),
     Spec("lstm-chrono-paper", "lstm", "chrono, T_max = 3T/2", flow=False,
          recipe=Recipe(H=128, optimizer="rmsprop", lr=1e-3, clip=None, batch=32,
-                       opt_kwargs=(("decay", 0.9),), runs=(("copy", 500),), steps=2000, eval_every=100),
+                       opt_kwargs=(("decay", 0.9),), runs=(("copy", 500),), steps=10000, eval_every=100),
          paper=Paper("chrono initialisation lets an LSTM solve copy at T=500 where the standard LSTM "
                      "stays at the baseline (Tallec & Ollivier 2018)",
                      "128 units; RMSprop (alpha 0.9) lr 1e-3; batch 32; chrono T_max = 3T/2; no clipping",
                      "order 10^4 iterations (Tallec & Ollivier 2018, copy-task figure)")),
     Spec("exprnn-paper", "orthogonal", "expm(A - A^T), Henaff", flow=False,
          recipe=Recipe(H=190, optimizer="rmsprop", lr=2e-4, clip=None, batch=128, lr_factors=(("a", 0.1),),
-                       opt_kwargs=(("decay", 0.99),), runs=(("copy", 1000),), steps=2000, eval_every=100),
+                       opt_kwargs=(("decay", 0.99),), runs=(("copy", 1000),), steps=4000, eval_every=100),
          paper=Paper("expRNN solves copy at T=1000 (Lezcano-Casado & Martinez-Rubio 2019)",
                      "hidden 190, Henaff init, modReLU; RMSprop (alpha 0.99, PyTorch's default) lr 2e-4, "
                      "2e-5 on the skew-symmetric parameter; batch 128; no clipping",
                      "4000 iterations")),
     Spec("lem-paper", "lem", "dt 0.0242", flow=False, needs="lem",
          recipe=Recipe(H=128, optimizer="adam", lr=2.6e-3, clip=None, batch=50,
-                       runs=(("adding", 2000),), steps=2000, eval_every=100),
+                       runs=(("adding", 2000),), steps=5000, eval_every=100),
          paper=Paper("LEM solves adding at T=2000, test MSE ~5e-5 (Rusch et al. 2022)",
                      "hidden 128; Adam 2.6e-3; batch 50; dt 0.0242; no clipping",
                      "the authors' T=2000 log (tk-rusch/LEM, src/adding/results) holds 300 test "
@@ -654,15 +654,28 @@ def train_row(spec: Spec, cfg: TrainConfig, *, workdir: str | None = None,
     return runs
 
 
-def finished_row(spec: Spec, cfg: TrainConfig, workdir: str) -> list[dict] | None:
-    """The runs of a row finished in ``workdir`` with this very configuration, or None."""
+def finished_row(spec: Spec, cfg: TrainConfig, workdir: str, *,
+                 shorter: bool = False) -> list[dict] | None:
+    """The runs of a row finished in ``workdir`` with this very configuration, or None.
+
+    ``shorter=True`` also accepts the row finished with the same configuration but a smaller step
+    budget (a study whose budget was raised, continuing from that row's checkpoints): its runs then
+    carry ``budget_planned`` (``cfg.steps``) next to ``steps`` (the budget they finished).
+    """
     cached = os.path.join(workdir, _row_id(spec, cfg), "row.json")
     if not os.path.exists(cached):
         return None
     with open(cached) as fh:
         old = json.load(fh)
-    if old.get("config_hash") != _config_hash({"row": spec.name, **cfg.as_dict()}):
-        return None
+    want = {"row": spec.name, **cfg.as_dict()}
+    if old.get("config_hash") != _config_hash(want):
+        got = old.get("config", {})
+        same_but_budget = ({k: v for k, v in got.items() if k != "steps"}
+                           == {k: v for k, v in want.items() if k != "steps"})
+        if not (shorter and same_but_budget and int(got.get("steps", 0)) < cfg.steps):
+            return None
+        for r in old["runs"]:
+            r["budget_planned"] = cfg.steps
     for r in old["runs"]:
         r["resumed"] = True
     return old["runs"]
@@ -819,8 +832,12 @@ def claims_table(runs: list[dict]) -> list[str]:
         if r.get("diverged_seeds"):
             res += f"; {r['diverged_seeds']} seed(s) diverged"
         verdict = "reproduced" if r["solved"] else "not reproduced at this budget"
+        budget = f"here {r['steps']} steps"
+        if r.get("budget_planned"):  # a row whose budget was raised, still continuing
+            budget += f" so far (of {r['budget_planned']} planned; continuing)"
+            verdict += " (so far)" if not r["solved"] else ""
         name = r["name"]
-        md.append(f"| {name} | {p.claim} | {p.recipe_text} | here {r['steps']} steps; paper: {p.paper_budget} | "
+        md.append(f"| {name} | {p.claim} | {p.recipe_text} | {budget}; paper: {p.paper_budget} | "
                   f"{res} | {verdict} |")
     return md
 
@@ -850,14 +867,18 @@ def write_outputs(out: str, flows: list[dict], runs: list[dict], meta: dict) -> 
           f"Wall time: {meta['seconds']:.0f} s this invocation; {meta.get('compute_seconds', 0):.0f} s "
           f"of training summed over all rows (including rows read back from a workdir).\n"]
     if meta.get("pending"):
-        n_done = len({(r["row"], r["task"], r["T"]) for r in runs})
+        n_done = len({(r["row"], r["task"], r["T"]) for r in runs if not r.get("budget_planned")})
         md.append(f"**Partial results: {n_done} of {n_done + len(meta['pending'])} training rows are "
-                  f"finished.** The study continues (finished rows are read back) with\n\n"
+                  f"finished.** The study continues (finished rows are read back; a row whose budget "
+                  f"was raised continues from its checkpoints) with\n\n"
                   f"    {meta['continue_command']}\n\nPending:\n")
-        by_row: dict[str, dict[str, list[int]]] = {}
+        by_row: dict[str, dict[str, list[str]]] = {}
         for q in meta["pending"]:
-            by_row.setdefault(q["row"], {}).setdefault(q["task"], []).append(q["T"])
-        md += [f"- {row}: " + "; ".join(f"{task} T={', '.join(map(str, Ts))}" for task, Ts in tasks.items())
+            t = str(q["T"])
+            if "steps_done" in q:
+                t += f" (finished at {q['steps_done']} of {q['steps']} steps; shown below)"
+            by_row.setdefault(q["row"], {}).setdefault(q["task"], []).append(t)
+        md += [f"- {row}: " + "; ".join(f"{task} T={', '.join(Ts)}" for task, Ts in tasks.items())
                for row, tasks in by_row.items()]
         md.append("")
     if flows:
@@ -1127,13 +1148,20 @@ def main(argv=None) -> int:
     if not rows and not flow_names:
         p.error(f"no runs: the grid has none for --cells {args.cells}")
     pending = []
+    partial_runs: list[dict] = []  # --finished-only: rows finished at a smaller budget than planned
     if args.finished_only:
         if args.workdir is None:
             p.error("--finished-only reads the finished rows from --workdir: give it")
         flow_names = []  # nothing is computed
         done = []
         for spec, cfg in rows:
-            (done if finished_row(spec, cfg, args.workdir) is not None else pending).append((spec, cfg))
+            if finished_row(spec, cfg, args.workdir) is not None:
+                done.append((spec, cfg))
+                continue
+            pending.append((spec, cfg))
+            partial = finished_row(spec, cfg, args.workdir, shorter=True)
+            if partial is not None:  # finished at a smaller budget: shown, and still pending
+                partial_runs.extend(partial)
         rows = done
 
     import jax
@@ -1154,6 +1182,7 @@ def main(argv=None) -> int:
                   + (" (read back from the workdir)" if r.get("resumed") else f" ({r['seconds']:.0f}s)"),
                   flush=True)
         runs += new
+    runs += partial_runs
     argv_used = list(argv if argv is not None else sys.argv[1:])
     command = "python benchmarks/vanishing.py " + " ".join(argv_used)
     from rnnjax._workdir import machine as rnnjax_machine
@@ -1166,7 +1195,10 @@ def main(argv=None) -> int:
             "seconds": time.perf_counter() - t_start,
             "compute_seconds": float(sum(r["seconds"] for r in runs))}
     if args.finished_only:
-        meta["pending"] = [{"row": s.name, "task": c.task, "T": c.T} for s, c in pending]
+        done_at = {(r["row"], r["task"], r["T"]): r["steps"] for r in partial_runs}
+        meta["pending"] = [{"row": s.name, "task": c.task, "T": c.T,
+                            **({"steps_done": done_at[(s.name, c.task, c.T)], "steps": c.steps}
+                               if (s.name, c.task, c.T) in done_at else {})} for s, c in pending]
         meta["continue_command"] = "python benchmarks/vanishing.py " + " ".join(
             a for a in argv_used if a != "--finished-only")
     text = write_outputs(args.out, flows, runs, meta)

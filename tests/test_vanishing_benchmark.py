@@ -257,6 +257,42 @@ def test_finished_only_reports_a_study_in_progress(tmp_path, monkeypatch):
         vanishing.main(["--quick", "--out", out, "--finished-only"])  # needs --workdir
 
 
+def test_a_raised_budget_reports_the_shorter_row_then_continues_it(tmp_path, monkeypatch):
+    grid = dict(vanishing.GRIDS["quick"], adding=[6], steps=10, H=4, seeds=2, eval_every=5, test_size=8,
+                train_specs=["elman-orth"], flow_specs=[], trained_flow=False)
+    monkeypatch.setitem(vanishing.GRIDS, "quick", grid)
+    work, out = str(tmp_path / "work"), str(tmp_path / "out")
+    assert vanishing.main(["--quick", "--workdir", work, "--out", str(tmp_path / "first")]) == 0
+    short = json.loads((tmp_path / "first" / "results.json").read_text())["runs"][0]
+    # the budget is raised to 20: the 10-step row is shown, marked, and listed as pending
+    assert vanishing.main(["--quick", "--steps", "20", "--workdir", work, "--out", out,
+                           "--finished-only"]) == 0
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    (run,) = data["runs"]
+    assert run["steps"] == 10 and run["budget_planned"] == 20 and run["test_loss"] == short["test_loss"]
+    assert data["meta"]["pending"] == [{"row": "elman-orth", "task": "adding", "T": 6, "steps_done": 10,
+                                        "steps": 20}]
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "0 of 1 training rows are finished" in md
+    assert "- elman-orth: adding T=6 (finished at 10 of 20 steps; shown below)" in md
+    # a different configuration (not only the budget) is not shown
+    assert vanishing.main(["--quick", "--steps", "20", "--hidden", "5", "--workdir", work, "--out", out,
+                           "--finished-only"]) == 0
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["runs"] == []
+    # continuing extends the row from its checkpoints: its first evaluations are the short row's
+    assert vanishing.main(["--quick", "--steps", "20", "--workdir", work, "--out", out]) == 0
+    (longer,) = json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
+    assert longer["steps"] == 20 and "budget_planned" not in longer and longer["eval_steps"] == [5, 10, 15, 20]
+    np.testing.assert_allclose(np.asarray(longer["test_loss"], float)[:, :2],
+                               np.asarray(short["test_loss"], float), rtol=1e-6)
+    # the paper-claims table states such a budget as a budget so far
+    paper = dict(_synthetic_run("indrnn-paper", "adding", 1000, [0.1, 0.2, 0.3], paper=True, steps=3000),
+                 budget_planned=9000)
+    claim = next(line for line in vanishing.claims_table([paper]) if line.startswith("| indrnn-paper"))
+    assert "here 3000 steps so far (of 9000 planned; continuing)" in claim
+    assert claim.endswith("| not reproduced at this budget (so far) |")
+
+
 def test_a_row_that_sweeps_learning_rates_reports_each(tmp_path):
     spec = vanishing.spec_by_name("irnn-paper")
     runs = vanishing.train_row(spec, tiny(T=6, steps=10, eval_every=5, optimizer="sgd", clip=10.0,
