@@ -90,3 +90,26 @@ def test_profile_fused_runs_and_reports_every_part(capsys):
         assert out.count(part) == 2, part  # once per cell
     with pytest.raises(SystemExit):
         profile_fused.main(["--cells", "rnn"])
+
+
+def test_xla_cpu_options_reports_each_variant_and_names_a_failed_flag(tmp_path, monkeypatch):
+    import xla_cpu_options as xo
+
+    # the default and a flag no XLA knows (its child aborts): one figure each, the failure named
+    monkeypatch.setattr(xo, "VARIANTS", [("default", ""), ("bogus", "--xla_cpu_no_such_flag_rnnjax=1")])
+    out = tmp_path / "x.md"
+    assert xo.main(["--sizes", "2x3x2x4", "--cells", "lstm,gru", "--rounds", "1", "--repeats", "1",
+                    "--out", str(out)]) == 0
+    md = out.read_text()
+    rows = [line.split(" | ") for line in md.splitlines() if line.startswith("| 2, 3, 2, 4 |")]
+    assert len(rows) == 4  # both cells, in both tables
+    for cells in rows[:2]:  # the rate is the matmul FLOPs over the time shown next to it
+        ms, gflops = float(cells[2]), float(cells[3])
+        G = 4 if cells[1] == "lstm" else 3
+        assert ms > 0 and gflops == pytest.approx(2 * 2 * 3 * (2 + 4) * G * 4 / (ms * 1e-3) / 1e9, rel=0.06)
+    assert all(cells[2].strip() == "n/a · n/a |" for cells in rows[2:])
+    assert "Variants that failed: bogus:" in md and "GFLOP/s" in md
+    with pytest.raises(SystemExit):
+        xo.main(["--sizes", "2x3x2"])
+    with pytest.raises(SystemExit):
+        xo.main(["--cells", "rnn"])
