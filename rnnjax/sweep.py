@@ -679,6 +679,12 @@ def run_sweep(
             if run_dir is not None:
                 ckpt, state, start, chunks, evals, g_eval_steps = _resume_group(
                     run_dir, g, state, sharding, devices[0], max_to_keep)
+                if start > steps:  # a smaller total would report the longer run as this one
+                    from rnnjax._workdir import WorkdirError
+
+                    raise WorkdirError(f"workdir {run_dir.path} holds a sweep already at step {start}, "
+                                       f"beyond steps={steps}; pass steps >= {start} to continue it, "
+                                       f"or another workdir for a new sweep")
             bar.update(start)
             events = None
             if use_tb:

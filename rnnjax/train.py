@@ -708,7 +708,8 @@ def fit(
     Raises:
       NonFiniteError: too many consecutive non-finite steps; ``.state`` is the last good state.
       WorkdirError (a ``ValueError``): ``workdir`` is a file, cannot be written, or holds a run
-        with another config.
+        with another config or one already beyond ``steps``.
+      ValueError: ``state.step`` is beyond ``steps``.
     """
     import time
 
@@ -766,6 +767,12 @@ def fit(
         if use_tb and primary:
             events = wd.EventLog(run.path, purge_step=resumed_from)
     start = int(state.step)
+    if start > steps:  # steps is the total: a smaller one would return this state as if it were that run
+        where = (f"workdir {run.path} holds a run already at step {start}" if resumed_from is not None
+                 else f"state is already at step {start}")
+        raise (WorkdirError if resumed_from is not None else ValueError)(
+            f"{where}, beyond steps={steps} (the total number of steps); pass steps >= {start} to "
+            f"continue it" + (", or another workdir for a new run" if resumed_from is not None else ""))
 
     # -- how steps run: compiled chunks, or host-fed steps
     iterator = None

@@ -114,6 +114,12 @@ def test_extending_a_sweep_equals_the_longer_sweep(tmp_path):
         assert params_sha256(longer.state(i).params) == params_sha256(ref.state(i).params)
 
 
+def test_a_sweep_already_beyond_steps_is_refused(tmp_path):
+    run(4, workdir=tmp_path)
+    with pytest.raises(ValueError, match=r"already at step 4, beyond steps=2; pass steps >= 4"):
+        run(2, workdir=tmp_path)
+
+
 def test_changed_configurations_are_refused(tmp_path):
     run(2, workdir=tmp_path)
     with pytest.raises(ValueError, match=r"differing keys \['configs'\]"):

@@ -296,6 +296,21 @@ def test_fit_runs_evaluates_and_resumes_deterministically():
     resumed, h2 = fit(mid, step_fn, batch_fn, steps=12, progress=False)
     assert h2["step"][0] == 7
     assert _tree_equal(resumed.params, state.params)
+    # steps is the total: a state already beyond it is refused, not returned as if it were that run
+    with pytest.raises(ValueError, match=r"already at step 12, beyond steps=6"):
+        fit(state, step_fn, batch_fn, steps=6, progress=False)
+
+
+def test_fit_refuses_a_workdir_already_beyond_steps(tmp_path):
+    params, loss_fn = _model(rnnjax.elman(4), H=4)
+    tx = optimizer("adam", 1e-2)
+    step_fn, batch_fn = train_step(loss_fn, tx), (lambda t: _task(jax.random.key(t), B=4))
+    state0 = TrainState.create(params, tx, key=jax.random.key(0))
+    done, _ = fit(state0, step_fn, batch_fn, steps=6, workdir=tmp_path / "run", progress=False)
+    again, _ = fit(state0, step_fn, batch_fn, steps=6, workdir=tmp_path / "run", progress=False)
+    assert _tree_equal(again.params, done.params)  # the same total reads the finished run back
+    with pytest.raises(rnnjax.WorkdirError, match=r"holds a run already at step 6, beyond steps=4"):
+        fit(state0, step_fn, batch_fn, steps=4, workdir=tmp_path / "run", progress=False)
 
 
 def test_fit_stops_after_consecutive_nonfinite_steps():
