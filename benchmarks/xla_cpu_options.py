@@ -12,9 +12,10 @@ reached by rearranging rnnjax's own code:
 2. **XLA's CPU options.** The same jitted training step (``value_and_grad`` of ``mean(ys**2)``
    through ``rnnjax.unroll``) and inference forward in one child process per ``XLA_FLAGS`` variant
    (XLA reads them once, at start-up): the dot through XNNPACK / YNNPACK / oneDNN fusions, the
-   Eigen thread pool off, XNNPACK off. Variants run in rounds (default, A, B, ..., default, A, B,
-   ...), and each figure is the median over rounds of each child's median, so a drift of the
-   shared machine hits every variant alike.
+   Eigen thread pool off, XNNPACK off. Variants run in rounds, the order rotated by one each round
+   (default, A, B, ...; A, B, ..., default; ...), and each figure is the median over rounds of each
+   child's median, so a drift of the shared machine, or a cost of being first, hits every variant
+   alike.
 
     python benchmarks/xla_cpu_options.py                    # the sizes of benchmarks/speed.py
     python benchmarks/xla_cpu_options.py --rounds 3 --out benchmarks/results/speed-epyc-avx512/xla_options.md
@@ -155,7 +156,8 @@ def main(argv=None) -> int:
     runs: dict[str, list[dict]] = {name: [] for name, _ in VARIANTS}
     errors: dict[str, str] = {}
     for r in range(args.rounds):
-        for name, flags in VARIANTS:
+        k = r % len(VARIANTS)  # rotate the order, so no variant is always the first child of a round
+        for name, flags in VARIANTS[k:] + VARIANTS[:k]:
             env = dict(os.environ, XLA_FLAGS=flags)
             cmd = [sys.executable, os.path.abspath(__file__), "--child", "--sizes", sizes_arg,
                    "--cells", ",".join(args.cells), "--repeats", str(args.repeats)]
