@@ -584,7 +584,8 @@ def run_sweep(
       eval_fn: ``eval_fn(params, config) -> dict`` of scalars (traceable; run for every
         configuration in one program) every ``eval_every`` steps and at the end.
       eval_every: evaluation period in steps (None: only at the end).
-      workdir: the sweep's directory (see above); None keeps nothing on disk.
+      workdir: the sweep's directory (see above); None keeps nothing on disk. One that holds a
+        sweep already beyond ``steps`` (the total) raises ``rnnjax.WorkdirError``.
       ckpt_every: checkpoint period in steps with ``workdir`` (default: 1000) and at the end.
       config: extra JSON-able settings recorded (and checked on resume) with the configurations.
       log_every: TensorBoard period in steps (the metrics arrays hold every step).
