@@ -31,7 +31,10 @@ import os
 import statistics
 import subprocess
 import sys
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from speed import DEFAULT_SIZES, GATES, parse_list, parse_sizes, timed  # noqa: E402
 
 # (name, XLA_FLAGS); the first is the baseline the others are compared with
 VARIANTS = [
@@ -42,24 +45,15 @@ VARIANTS = [
     ("Eigen thread pool off", "--xla_cpu_multi_thread_eigen=false"),
     ("XNNPACK off", "--xla_cpu_use_xnnpack=false"),
 ]
-SIZES = "32x256x32x256,8x1000x32x128,128x64x32x512"
-GATES = {"lstm": 4, "gru": 3}
 
 
 def _median_ms(fn, args, repeats: int) -> float:
     import jax
 
-    jax.block_until_ready(fn(*args))
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(times)
+    return timed(lambda: fn(*args), jax.block_until_ready, repeats)["median_ms"]
 
 
-def child(sizes: list[tuple[int, int, int, int]], cells: list[str], repeats: int) -> dict:
+def child(sizes: list, cells: list[str], repeats: int) -> dict:
     """Times in this process (whose XLA_FLAGS the parent set): ms per size, cell and part."""
     import jax
     import jax.numpy as jnp
@@ -114,30 +108,12 @@ def blas_gflops(threads: int, n: int = 2048) -> float | None:
     return float(r.stdout.strip()) if r.returncode == 0 else None
 
 
-def parse_sizes(text: str) -> list[tuple[int, int, int, int]]:
-    out = []
-    for item in text.split(","):
-        parts = item.strip().lower().split("x")
-        if len(parts) != 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
-            raise argparse.ArgumentTypeError(f"--sizes: {item!r} is not BxTxDxH with four positive "
-                                             "integers (e.g. 32x256x32x256)")
-        out.append(tuple(int(p) for p in parts))
-    return out
-
-
-def parse_cells(text: str) -> list[str]:
-    cells = [c.strip() for c in text.split(",") if c.strip()]
-    bad = [c for c in cells if c not in GATES]
-    if bad or not cells:
-        raise argparse.ArgumentTypeError(f"--cells: expected a comma list of {sorted(GATES)}, got {text!r}")
-    return cells
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--sizes", type=parse_sizes, default=parse_sizes(SIZES), help="comma list of BxTxDxH")
-    p.add_argument("--cells", type=parse_cells, default=parse_cells("lstm,gru"), help="comma list of lstm, gru")
+    p.add_argument("--sizes", type=parse_sizes, default=parse_sizes(DEFAULT_SIZES), help="comma list of BxTxDxH")
+    p.add_argument("--cells", type=lambda t: parse_list(t, tuple(GATES), "--cells"), default=list(GATES),
+                   help="comma list of lstm, gru")
     p.add_argument("--rounds", type=int, default=2, help="rounds over all variants (one child each)")
     p.add_argument("--repeats", type=int, default=7, help="timed calls per part in each child")
     p.add_argument("--out", default=None, help="also write the markdown here")

@@ -768,11 +768,12 @@ def fit(
             events = wd.EventLog(run.path, purge_step=resumed_from)
     start = int(state.step)
     if start > steps:  # steps is the total: a smaller one would return this state as if it were that run
-        where = (f"workdir {run.path} holds a run already at step {start}" if resumed_from is not None
-                 else f"state is already at step {start}")
-        raise (WorkdirError if resumed_from is not None else ValueError)(
-            f"{where}, beyond steps={steps} (the total number of steps); pass steps >= {start} to "
-            f"continue it" + (", or another workdir for a new run" if resumed_from is not None else ""))
+        if resumed_from is not None:
+            raise WorkdirError(f"workdir {run.path} holds a run already at step {start}, beyond "
+                               f"steps={steps} (the total number of steps); pass steps >= {start} to "
+                               f"continue it, or another workdir for a new run")
+        raise ValueError(f"state is already at step {start}, beyond steps={steps} (the total number "
+                         f"of steps); pass steps >= {start} to continue it")
 
     # -- how steps run: compiled chunks, or host-fed steps
     iterator = None
