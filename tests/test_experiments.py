@@ -205,3 +205,30 @@ def test_smnist_sweeps_seeds_and_writes_the_table(tmp_path):
     saved = json.loads((tmp_path / "w" / "permuted-gru" / "results.json").read_text())
     assert [f["eval_accuracy"] for f in saved["final"]] == pytest.approx(r["test_accuracy"])
     assert "| permuted | gru |" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_smnist_cells_follow_their_papers_setups():
+    import jax
+    import jax.numpy as jnp
+
+    import rnnjax
+
+    smnist = _script("smnist")
+    cell, project = smnist.make_cell("indrnn", 4, 784)
+    params = cell.init(jax.random.key(0), 1)
+    assert len(params) == 2  # two layers
+    bound = rnnjax.indrnn_max_abs(784)
+    big = tuple({**q, "u": q["u"] + 5.0} for q in params)
+    assert all(float(jnp.max(jnp.abs(q["u"]))) == pytest.approx(bound) for q in project(big))
+    for task, consts in smnist.CORNN.items():
+        cell, project = smnist.make_cell("cornn", 3, 784, task)
+        ref = rnnjax.cornn(3, **consts)
+        p = ref.init(jax.random.key(1), 1)
+        x = jnp.ones((5, 2, 1))
+        np.testing.assert_array_equal(rnnjax.unroll(cell, p, x)[1], rnnjax.unroll(ref, p, x)[1])
+        assert project is None
+    other = rnnjax.unroll(rnnjax.cornn(3), p, x)[1]  # the adding task's defaults differ
+    assert not np.allclose(other, rnnjax.unroll(ref, p, x)[1])
+    for name in ("lru", "mingru"):
+        cell, _ = smnist.make_cell(name, 4, 784)
+        assert len(cell.init(jax.random.key(0), 1)) == 2
