@@ -171,7 +171,7 @@ def main(argv=None):
             res = sweep.run_sweep(
                 [{"seed": s} for s in range(args.seeds)], init_fn, step_fn, batch_fn, steps=args.steps,
                 eval_fn=eval_fn, eval_every=args.eval_every, ckpt_every=args.ckpt_every,
-                workdir=os.path.join(args.workdir, f"{task}-{name}"), progress=not args.no_progress,
+                workdir=(row_dir := os.path.join(args.workdir, f"{task}-{name}")), progress=not args.no_progress,
                 config={k: v for k, v in vars(args).items()
                         if k in ("hidden", "batch", "steps", "lr", "clip_norm")} | {"cell": name, "task": task})
             acc = res.eval_metrics["accuracy"][:, -1]
@@ -179,7 +179,8 @@ def main(argv=None):
                    "test_accuracy": acc.tolist(), "median": float(np.median(acc)),
                    "min": float(acc.min()), "max": float(acc.max()),
                    "num_params": int(sum(np.size(x) for x in jax.tree.leaves(res.state(0).params))),
-                   "wall_time_s": time.time() - t0, "paper": PAPERS[name][0], "paper_source": PAPERS[name][1]}
+                   "wall_time_s": _training_seconds(row_dir, time.time() - t0),
+                   "paper": PAPERS[name][0], "paper_source": PAPERS[name][1]}
             records.append(rec)
             curves[(task, name)] = (res.eval_steps, res.eval_metrics["accuracy"])
             print(f"[smnist] {task:10s} {name:10s} test accuracy median {rec['median']:.3f} "
@@ -193,7 +194,8 @@ def main(argv=None):
         json.dump({"meta": meta, "records": records}, f, indent=2)
     lines = [f"# Pixel MNIST (784 steps) on {4000} training digits", "",
              f"`{meta['command']}` — {meta['machine']['cpu']}, {meta['machine']['cpu_count']} cores, "
-             f"{meta['wall_time_s'] / 60:.1f} min in all.", "",
+             f"{sum(r['wall_time_s'] for r in records) / 60:.1f} min of training in all (summed over "
+             f"every process that worked on a row; this invocation {meta['wall_time_s'] / 60:.1f} min).", "",
              f"H={args.hidden}, batch {args.batch}, {args.steps} steps of Adam (lr {args.lr}, cosine "
              f"decay, clip {args.clip_norm}), {args.seeds} seeds per row (the sweep axis); test "
              f"accuracy on the fixed 1,000 test digits after the last step (chance: 0.10).", "",
@@ -214,6 +216,15 @@ def main(argv=None):
     _plot(curves, os.path.join(args.out, "curves.png"))
     print("\n".join(lines))
     return records
+
+
+def _training_seconds(row_dir: str, this_process: float) -> float:
+    """Seconds every process spent on the sweep in ``row_dir`` (the engine's ``results.json``)."""
+    try:
+        with open(os.path.join(row_dir, "results.json")) as f:
+            return float(json.load(f)["wall_time_s"])
+    except (OSError, KeyError, ValueError):
+        return this_process
 
 
 def _plot(curves, path):

@@ -204,6 +204,7 @@ def test_smnist_sweeps_seeds_and_writes_the_table(tmp_path):
     assert all(0.0 <= a <= 1.0 for a in r["test_accuracy"])
     saved = json.loads((tmp_path / "w" / "permuted-gru" / "results.json").read_text())
     assert [f["eval_accuracy"] for f in saved["final"]] == pytest.approx(r["test_accuracy"])
+    assert r["wall_time_s"] == pytest.approx(saved["wall_time_s"])  # every process's time on the row
     assert "| permuted | gru |" in (tmp_path / "out" / "results.md").read_text()
 
 
