@@ -233,3 +233,45 @@ def test_smnist_cells_follow_their_papers_setups():
     for name in ("lru", "mingru"):
         cell, _ = smnist.make_cell(name, 4, 784)
         assert len(cell.init(jax.random.key(0), 1)) == 2
+
+
+def test_indrnn_projection_keeps_u_bounded_in_any_layout():
+    import jax.numpy as jnp
+
+    import rnnjax
+
+    _common = _script("_common")
+    assert _common.projection("lstm", 100) is None
+    project = _common.projection("indrnn", 100)
+    bound = rnnjax.indrnn_max_abs(100)
+    ind = {"w_x": jnp.ones((1, 3)), "u": jnp.array([-3.0, 0.5, 7.0]), "b": jnp.zeros(3)}
+    params = {"cell": (ind, {"fwd": ind, "bwd": ind}), "readout": {"w": jnp.full((3, 1), 9.0), "b": jnp.zeros(1)}}
+    out = project(params)
+    for q in (out["cell"][0], out["cell"][1]["fwd"], out["cell"][1]["bwd"]):
+        np.testing.assert_allclose(q["u"], [-bound, 0.5, bound])
+        np.testing.assert_array_equal(q["w_x"], ind["w_x"])
+    np.testing.assert_array_equal(out["readout"]["w"], params["readout"]["w"])
+
+
+def test_experiment_scripts_apply_indrnn_projection_after_every_step(tmp_path, monkeypatch):
+    import jax
+    import jax.numpy as jnp
+
+    import rnnjax
+
+    adding = _script("adding")
+    seen = {}
+
+    def fake_fit(state, step_fn, batch_fn, **kw):  # one step from a state with |u| far out of range
+        state = state.replace(params={**state.params, "cell": {**state.params["cell"],
+                                                               "u": jnp.full_like(state.params["cell"]["u"], 5.0)}})
+        seen["after"], _ = jax.jit(step_fn)(state, batch_fn(jnp.int32(0)))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rnnjax, "fit", fake_fit)
+    args = [*ADDING, "--workdir", str(tmp_path / "w"), "--steps", "1"]
+    args[args.index("elman")] = "indrnn"
+    with pytest.raises(KeyboardInterrupt):
+        adding.main(args)
+    u = np.asarray(seen["after"].params["cell"]["u"])
+    np.testing.assert_allclose(np.abs(u), rnnjax.indrnn_max_abs(8), rtol=1e-6)
