@@ -106,6 +106,18 @@ def make_cell(name: str, H: int, T: int, task: str = "sequential"):
     return getattr(rnnjax, name)(H), None
 
 
+def model_setup(name: str, task: str) -> str:
+    """What :func:`make_cell` builds, in words: stored in each sweep's config, so a workdir made
+    with another setup is refused (the engine names the differing key) instead of mixed."""
+    if name == "cornn":
+        return "one layer, " + ", ".join(f"{k} {v}" for k, v in CORNN[task].items())
+    if name == "indrnn":
+        return "two layers, |u| projected to 2^(1/T) after every update"
+    if name in ("lru", "mingru"):
+        return "two layers"
+    return "one layer, defaults"
+
+
 def main(argv=None):
     args = parse_args(argv)
     t_start = time.time()
@@ -173,7 +185,8 @@ def main(argv=None):
                 eval_fn=eval_fn, eval_every=args.eval_every, ckpt_every=args.ckpt_every,
                 workdir=(row_dir := os.path.join(args.workdir, f"{task}-{name}")), progress=not args.no_progress,
                 config={k: v for k, v in vars(args).items()
-                        if k in ("hidden", "batch", "steps", "lr", "clip_norm")} | {"cell": name, "task": task})
+                        if k in ("hidden", "batch", "steps", "lr", "clip_norm")}
+                | {"cell": name, "task": task, "model": model_setup(name, task)})
             acc = res.eval_metrics["accuracy"][:, -1]
             rec = {"task": task, "cell": name, "T": int(T), "seeds": args.seeds,
                    "test_accuracy": acc.tolist(), "median": float(np.median(acc)),

@@ -275,3 +275,14 @@ def test_experiment_scripts_apply_indrnn_projection_after_every_step(tmp_path, m
         adding.main(args)
     u = np.asarray(seen["after"].params["cell"]["u"])
     np.testing.assert_allclose(np.abs(u), rnnjax.indrnn_max_abs(8), rtol=1e-6)
+
+
+def test_smnist_refuses_a_workdir_of_another_model_setup(tmp_path, monkeypatch):
+    smnist = _script("smnist")
+    args = ["--cells", "cornn", "--tasks", "sequential", "--seeds", "1", "--steps", "1", "--hidden", "3",
+            "--batch", "4", "--eval-every", "1", "--cpu-devices", "1", "--out", str(tmp_path / "o"),
+            "--workdir", str(tmp_path / "w"), "--no-progress"]
+    smnist.main(args)
+    monkeypatch.setitem(smnist.CORNN, "sequential", {"dt": 0.06, "gamma": 66.0, "epsilon": 15.0})
+    with pytest.raises(Exception, match="model"):
+        smnist.main(args)
