@@ -232,7 +232,9 @@ def _pick(name: str, H: int, candidates: dict[str, tuple]):
 
 def make_model(spec: Spec, H: int, T: int):
     """``(cell, project)``: the cell (or stack) of ``spec`` with hidden size ``H`` for horizon ``T``,
-    and the projection applied to the cell's params after every optimizer step (or None).
+    and the projection applied to the params after every optimizer step (or None): IndRNN's
+    ``|u| <= 2^(1/T)`` (:func:`rnnjax.indrnn_projection`, which finds the IndRNN layers in any
+    layout, the model's whole params included).
 
     Cells whose recurrence is linear in the carry (LRU, minGRU, minLSTM, LinOSS, RG-LRU, mLSTM) are
     used as their papers use them: two layers (with a GELU after the first for the LRU-like ones)
@@ -252,9 +254,9 @@ def make_model(spec: Spec, H: int, T: int):
     if spec.name in rho:
         return rnnjax.elman(H, recurrent_init=inits.spectral_radius(rho[spec.name])), None
     if spec.name in ("indrnn", "indrnn-paper"):
-        bound = rnnjax.indrnn_max_abs(T)
+        bound, project = rnnjax.indrnn_max_abs(T), rnnjax.indrnn_projection(T)
         if spec.name == "indrnn":
-            return rnnjax.indrnn(H, max_timescale=T), lambda p: rnnjax.indrnn_constrain(p, bound)
+            return rnnjax.indrnn(H, max_timescale=T), project
 
         def uniform(lo, hi):
             return lambda key, shape, dtype=jax.numpy.float32: jax.random.uniform(key, shape, dtype, lo, hi)
@@ -262,7 +264,7 @@ def make_model(spec: Spec, H: int, T: int):
         cell = layers.stack(
             rnnjax.indrnn(H, input_init=inits.normal(0.001), recurrent_init=uniform(0.0, bound)),
             rnnjax.indrnn(H, input_init=inits.normal(0.001), recurrent_init=uniform(1.0 / bound, bound)))
-        return cell, lambda p: tuple(rnnjax.indrnn_constrain(q, bound) for q in p)
+        return cell, project
     table: dict[str, Callable] = {
         "elman-glorot": lambda: rnnjax.elman(H, recurrent_init=inits.glorot_uniform),
         "elman-orth": lambda: rnnjax.elman(H),
@@ -493,10 +495,7 @@ def build_training(spec: Spec, cfg: TrainConfig) -> Training:
         return loss_on(forward(p, batch[0]), batch[1])
 
     def step_fn(state, batch, config):
-        state, metrics = rnnjax.train_step(loss_fn, make_tx(config))(state, batch)
-        if project is not None:
-            state = state.replace(params={**state.params, "cell": project(state.params["cell"])})
-        return state, metrics
+        return rnnjax.train_step(loss_fn, make_tx(config), project=project)(state, batch)
 
     def batch_fn(config, step):
         key = jax.random.fold_in(jax.random.fold_in(jax.random.key(DATA_ROOT), config["seed"]), step)

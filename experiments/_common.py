@@ -123,7 +123,7 @@ CELLS = ("elman", "irnn", "lstm", "gru", "mgu", "indrnn", "lru", "mingru", "minl
 
 def make_cell(name: str, hidden: int, *, seq_len: int | None = None) -> rnnjax.Cell:
     """The cell ``name`` (one of :data:`CELLS`) with ``hidden`` units, in its paper's setup
-    (IndRNN's bound on ``|u|`` is kept by :func:`projection`, which :func:`train` applies)."""
+    (IndRNN's bound on ``|u|`` is kept by :func:`projection`, passed to ``rnnjax.train_step``)."""
     if name == "elman":
         return rnnjax.elman(hidden)
     if name == "irnn":
@@ -150,24 +150,15 @@ def make_cell(name: str, hidden: int, *, seq_len: int | None = None) -> rnnjax.C
 def projection(name: str, seq_len: int | None) -> Callable[[Any], Any] | None:
     """The projection the cell ``name``'s paper applies to the params after every update, or None.
 
-    IndRNN (Li et al. 2018) keeps ``|u| <= 2^(1/T)`` for a horizon ``T = seq_len``: the returned
-    function applies :func:`rnnjax.indrnn_constrain` to every IndRNN params dict in the model's
-    params (the only params with a ``u`` entry), whatever the model's layout.
+    IndRNN (Li et al. 2018) keeps ``|u| <= 2^(1/T)`` for a horizon ``T = seq_len``:
+    :func:`rnnjax.indrnn_projection`, which finds every IndRNN layer in the model's params. Pass
+    the result as ``project=`` to :func:`rnnjax.train_step`.
     """
     if name != "indrnn":
         return None
     if seq_len is None:
         raise ValueError("projection('indrnn', seq_len): seq_len (the horizon T) is required")
-    bound = rnnjax.indrnn_max_abs(seq_len)
-
-    def is_indrnn(node):
-        return isinstance(node, dict) and "u" in node
-
-    def project(params):
-        return jax.tree.map(lambda q: rnnjax.indrnn_constrain(q, bound) if is_indrnn(q) else q,
-                            params, is_leaf=is_indrnn)
-
-    return project
+    return rnnjax.indrnn_projection(seq_len)
 
 
 def keys(seed: int) -> dict[str, jax.Array]:
@@ -213,7 +204,6 @@ def train(
     info: dict[str, Any] | None = None,
     t0: float | None = None,
     baseline: float | None = None,
-    project: Callable[[Any], Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``state`` to ``args.steps`` with :func:`rnnjax.fit` in ``args.workdir``.
 
@@ -221,7 +211,8 @@ def train(
       args: the parsed flags of :func:`parser` (plus the script's own; all go into the config).
       name: the script's name (the config records it).
       state: the initial state, also the template that checkpoints are restored onto.
-      step_fn: pure ``step_fn(state, batch) -> (state, metrics)`` (from ``rnnjax.train_step``).
+      step_fn: pure ``step_fn(state, batch) -> (state, metrics)`` (from ``rnnjax.train_step``,
+        with ``project=`` :func:`projection` of the cell where its paper constrains the params).
       batch_fn: ``batch_fn(step) -> batch``, jit-traceable and a pure function of the seed and of
         ``step`` (a traced int32 scalar).
       eval_fn: optional ``eval_fn(params) -> dict`` of scalars, every ``--eval-every`` steps and
@@ -232,8 +223,6 @@ def train(
       t0: unused (kept for the scripts' signature); the engine sums the wall time of every
         process that worked on the run.
       baseline: the no-skill loss, drawn and named in ``loss.png``.
-      project: optional ``project(params) -> params`` applied after every optimizer step (e.g.
-        :func:`projection` of the cell: IndRNN's bound on ``|u|``).
 
     Returns:
       The results dict also written to ``results.json``. Exits with status 3 (after printing a
@@ -246,13 +235,6 @@ def train(
 
         def batch_fn(step):
             return _poison(clean(step), step >= nan_at)
-
-    if project is not None:
-        unconstrained = step_fn
-
-        def step_fn(state, batch):
-            state, metrics = unconstrained(state, batch)
-            return state.replace(params=project(state.params)), metrics
 
     workdir = Path(args.workdir).absolute()
     try:

@@ -68,8 +68,8 @@ def main(argv=None):
     n = _common.num_params(params)
     print(f"[adding] {args.cell} H={args.hidden}, T={T}: {n} parameters; "
           f"baseline MSE {rnnjax.tasks.ADDING_BASELINE_MSE:.4f}", flush=True)
-    return _common.train(args, t0=t0, name="adding", state=state, step_fn=rnnjax.train_step(loss_fn, tx),
-                         project=_common.projection(args.cell, T),
+    step_fn = rnnjax.train_step(loss_fn, tx, project=_common.projection(args.cell, T))
+    return _common.train(args, t0=t0, name="adding", state=state, step_fn=step_fn,
                          batch_fn=batch_fn, eval_fn=eval_fn,
                          info={"baseline_mse": rnnjax.tasks.ADDING_BASELINE_MSE})
 

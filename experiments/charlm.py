@@ -148,9 +148,9 @@ def main(argv=None):
           f"{split} train / {S * per} held-out characters; {args.cell} H={args.hidden}: "
           f"{_common.num_params(params)} parameters; uniform = {math.log2(V):.2f} bits/char",
           flush=True)
-    res = _common.train(args, t0=t0, name="charlm", state=state, step_fn=rnnjax.train_step(loss_fn, tx),
-                        project=_common.projection(args.cell, L), batch_fn=batch_fn, eval_fn=eval_fn,
-                        final_fn=final_fn,
+    step_fn = rnnjax.train_step(loss_fn, tx, project=_common.projection(args.cell, L))
+    res = _common.train(args, t0=t0, name="charlm", state=state, step_fn=step_fn, batch_fn=batch_fn,
+                        eval_fn=eval_fn, final_fn=final_fn,
                         info={"corpus_files": files, "corpus_chars": len(text),
                               "corpus_sha256": digest, "python": sys.version, "vocab_size": V})
     print(f"[charlm] held-out bits per character: {res['final']['eval_bits_per_char']:.4f}")

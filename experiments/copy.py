@@ -70,8 +70,8 @@ def main(argv=None):
     state = rnnjax.TrainState.create(params, tx, key=k["train"])
     print(f"[copy] {args.cell} H={args.hidden}, delay T={T}: {_common.num_params(params)} "
           f"parameters; memoryless baseline {baseline:.4f} nats/step, recall accuracy 1/8", flush=True)
-    return _common.train(args, t0=t0, name="copy", state=state, step_fn=rnnjax.train_step(loss_fn, tx),
-                         project=_common.projection(args.cell, T + 20),
+    step_fn = rnnjax.train_step(loss_fn, tx, project=_common.projection(args.cell, T + 20))
+    return _common.train(args, t0=t0, name="copy", state=state, step_fn=step_fn,
                          batch_fn=batch_fn, eval_fn=eval_fn,
                          info={"baseline_loss": baseline, "baseline_recall_accuracy": 1 / 8})
 

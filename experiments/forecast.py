@@ -147,9 +147,9 @@ def main(argv=None):
           f"{_common.num_params(params)} parameters", flush=True)
     print(f"[forecast] naive last-value baseline on the tail: MAE {naive['naive_mae']:.4g}, "
           f"RMSE {naive['naive_rmse']:.4g}", flush=True)
-    res = _common.train(args, t0=t0, name="forecast", state=state, step_fn=rnnjax.train_step(loss_fn, tx),
-                        project=_common.projection(args.cell, W), batch_fn=batch_fn, eval_fn=eval_fn,
-                        final_fn=final_fn,
+    step_fn = rnnjax.train_step(loss_fn, tx, project=_common.projection(args.cell, W))
+    res = _common.train(args, t0=t0, name="forecast", state=state, step_fn=step_fn, batch_fn=batch_fn,
+                        eval_fn=eval_fn, final_fn=final_fn,
                         info={"data_origin": origin, "series_length": len(series),
                               "test_start_index": split})
     f = res["final"]

@@ -103,9 +103,9 @@ def main(argv=None):
                           schedule="cosine", warmup_steps=args.warmup,
                           decay_steps=max(args.steps - args.warmup, 1))
     state = rnnjax.TrainState.create(params, tx, key=k["train"])
+    step_fn = rnnjax.train_step(loss_fn, tx, has_aux=True, project=_common.projection(args.cell, 40))
     res = _common.train(args, t0=t0, name="mnist1d", state=state,
-                        step_fn=rnnjax.train_step(loss_fn, tx, has_aux=True),
-                        project=_common.projection(args.cell, 40), batch_fn=batch_fn, eval_fn=eval_fn,
+                        step_fn=step_fn, batch_fn=batch_fn, eval_fn=eval_fn,
                         final_fn=lambda p: {"test_accuracy": float(eval_fn(p)["accuracy"])},
                         info={"num_params_model": n, "reference_accuracy": REFERENCE_ACCURACY,
                               "chance_accuracy": rnnjax.tasks.CHANCE_ACCURACY})

@@ -63,9 +63,9 @@ def main(argv=None):
     kind = "permuted" if args.permuted else "sequential"
     print(f"[seq_digits] {kind} digits, {args.cell} H={args.hidden}: "
           f"{_common.num_params(params)} parameters; {N} train, {data.x_test.shape[1]} test", flush=True)
+    step_fn = rnnjax.train_step(loss_fn, tx, has_aux=True, project=_common.projection(args.cell, T))
     return _common.train(args, t0=t0, name="seq_digits", state=state,
-                         step_fn=rnnjax.train_step(loss_fn, tx, has_aux=True),
-                         project=_common.projection(args.cell, T), batch_fn=batch_fn,
+                         step_fn=step_fn, batch_fn=batch_fn,
                          eval_fn=eval_fn, info={"chance_accuracy": rnnjax.tasks.CHANCE_ACCURACY})
 
 

@@ -80,7 +80,7 @@ CORNN = {"sequential": {"dt": 0.042, "gamma": 2.7, "epsilon": 4.7},
 
 def make_cell(name: str, H: int, T: int, task: str = "sequential"):
     """``(cell, project)``: the cell ``name`` for pixel MNIST as its paper uses it, and the
-    projection applied to its params after every optimizer step (or None).
+    projection applied to the model's params after every optimizer step (or None).
 
     IndRNN: two layers (a single IndRNN layer is a bank of independent scalar recurrences),
     ``u ~ U[0, 2^(1/T)]`` and ``|u|`` projected back to ``2^(1/T)`` after every update (Li et al.
@@ -93,9 +93,8 @@ def make_cell(name: str, H: int, T: int, task: str = "sequential"):
     from rnnjax import layers
 
     if name == "indrnn":
-        bound = rnnjax.indrnn_max_abs(T)
         cell = layers.stack(rnnjax.indrnn(H, max_timescale=T), rnnjax.indrnn(H, max_timescale=T))
-        return cell, lambda p: tuple(rnnjax.indrnn_constrain(q, bound) for q in p)
+        return cell, rnnjax.indrnn_projection(T)
     if name == "lru":
         first = rnnjax.lru(H, H, r_min=0.9, r_max=0.999)
         return layers.stack(layers.map_output(first, jax.nn.gelu), rnnjax.lru(H, H, r_min=0.9, r_max=0.999)), None
@@ -173,12 +172,7 @@ def main(argv=None):
                 return {"accuracy": rnnjax.accuracy(out, data.y_test),
                         "loss": rnnjax.categorical_cross_entropy(out, data.y_test)}
 
-            step_fn = sweep.sweep_step(loss_fn, make_tx, has_aux=True)
-            if project is not None:
-                def step_fn(state, batch, config, step=step_fn, project=project):
-                    state, metrics = step(state, batch, config)
-                    return state.replace(params={**state.params, "cell": project(state.params["cell"])}), metrics
-
+            step_fn = sweep.sweep_step(loss_fn, make_tx, has_aux=True, project=project)
             t0 = time.time()
             res = sweep.run_sweep(
                 [{"seed": s} for s in range(args.seeds)], init_fn, step_fn, batch_fn, steps=args.steps,

@@ -12,6 +12,7 @@ from rnnjax.cells import (
     indrnn,
     indrnn_constrain,
     indrnn_max_abs,
+    indrnn_projection,
     irnn,
     jordan,
     lru,

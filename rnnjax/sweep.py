@@ -210,10 +210,12 @@ def sweep_step(
     tx_fn: Callable[[Mapping[str, Any]], Any],
     *,
     has_aux: bool = False,
+    project: Callable[[Any], Any] | None = None,
 ) -> Callable[[TrainState, Any, Mapping[str, Any]], tuple[TrainState, dict[str, jax.Array]]]:
     """A configuration-aware step ``step(state, batch, config)`` from :func:`rnnjax.train_step`.
 
-    The step is ``rnnjax.train_step(lambda p, b, k: loss_fn(p, b, k, config), tx_fn(config))``:
+    The step is ``rnnjax.train_step(lambda p, b, k: loss_fn(p, b, k, config), tx_fn(config),
+    project=project)``:
     the loss sees the configuration (e.g. a dropout rate), and the optimizer is rebuilt from it for
     its structure (its numeric hyperparameters are read from ``state.opt_state``, where the
     ``init_fn`` of :func:`run_sweep` stored this configuration's values).
@@ -223,16 +225,20 @@ def sweep_step(
       tx_fn: ``tx_fn(config) -> optax.GradientTransformation`` (e.g. :func:`rnnjax.optimizer`);
         the same function the ``init_fn`` uses to create the state.
       has_aux: as in :func:`rnnjax.train_step`.
+      project: as in :func:`rnnjax.train_step`: ``project(params) -> params`` after every update
+        (e.g. :func:`rnnjax.indrnn_projection`), the same for every configuration.
 
     Returns:
       ``step(state, batch, config) -> (state, metrics)``.
     """
     if not callable(loss_fn) or not callable(tx_fn):
         raise TypeError("loss_fn and tx_fn must be callables")
+    if project is not None and not callable(project):
+        raise TypeError(f"project must be a callable params -> params or None, got {type(project).__name__}")
 
     def step(state, batch, config):
         loss = lambda p, b, k: loss_fn(p, b, k, config)  # noqa: E731
-        return train_step(loss, tx_fn(config), has_aux=has_aux)(state, batch)
+        return train_step(loss, tx_fn(config), has_aux=has_aux, project=project)(state, batch)
 
     return step
 

@@ -332,13 +332,16 @@ def train_step(
     tx: optax.GradientTransformation,
     *,
     has_aux: bool = False,
+    project: Callable[[Params], Params] | None = None,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, Array]]]:
     """Make a pure training step ``step(state, batch) -> (new_state, metrics)``.
 
     The step computes ``loss_fn(params, batch, key)`` and its gradient with
     ``key = jax.random.fold_in(state.key, state.step)``, so a run is a deterministic function of
     its seed, its data and the step (a resumed run repeats the same steps bitwise). Then
-    ``updates = tx.update(grads, opt_state, params)`` and ``params + updates``. If the loss, a
+    ``updates = tx.update(grads, opt_state, params)`` and ``params + updates``, projected with
+    ``project`` when given (projected gradient descent, e.g. IndRNN's bound on ``|u|``:
+    :func:`rnnjax.indrnn_projection`; or an ``optax.projections`` function). If the loss, a
     gradient or an update is NaN/inf, the step is skipped: params and opt_state are returned
     unchanged (bitwise), the step counter still advances, and ``metrics["nonfinite"]`` is 1.
 
@@ -350,6 +353,8 @@ def train_step(
         ``has_aux``, where ``aux`` is a dict of arrays added to the metrics.
       tx: the optimizer the state was created with.
       has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
+      project: optional ``project(params) -> params`` (same tree structure) applied to the
+        params after every update; ``update_norm`` is still the norm of the optimizer's update.
 
     Returns:
       ``step(state, batch) -> (state, metrics)``; metrics: ``loss``, ``grad_norm`` (global norm
@@ -360,6 +365,8 @@ def train_step(
         raise TypeError(f"loss_fn must be a callable (params, batch, key) -> loss, "
                         f"got {type(loss_fn).__name__}")
     _check_tx(tx)
+    if project is not None and not callable(project):
+        raise TypeError(f"project must be a callable params -> params or None, got {type(project).__name__}")
 
     def step(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, Array]]:
         key = jax.random.fold_in(state.key, state.step)
@@ -373,6 +380,12 @@ def train_step(
             raise ValueError(f"aux keys {clash} clash with the step's own metrics {list(_RESERVED)}")
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if project is not None:
+            projected = project(params)
+            if jax.tree.structure(projected) != jax.tree.structure(params):
+                raise ValueError(f"project must return params of the same structure; got "
+                                 f"{jax.tree.structure(projected)}, expected {jax.tree.structure(params)}")
+            params = projected
         finite = _all_finite((loss, grads, updates))
 
         def keep(new, old):

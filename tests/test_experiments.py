@@ -235,22 +235,22 @@ def test_smnist_cells_follow_their_papers_setups():
         assert len(cell.init(jax.random.key(0), 1)) == 2
 
 
-def test_indrnn_projection_keeps_u_bounded_in_any_layout():
+def test_common_projection_is_indrnn_projection_for_indrnn_only():
+    import jax
     import jax.numpy as jnp
 
     import rnnjax
 
     _common = _script("_common")
     assert _common.projection("lstm", 100) is None
-    project = _common.projection("indrnn", 100)
-    bound = rnnjax.indrnn_max_abs(100)
+    with pytest.raises(ValueError, match="seq_len"):
+        _common.projection("indrnn", None)
     ind = {"w_x": jnp.ones((1, 3)), "u": jnp.array([-3.0, 0.5, 7.0]), "b": jnp.zeros(3)}
-    params = {"cell": (ind, {"fwd": ind, "bwd": ind}), "readout": {"w": jnp.full((3, 1), 9.0), "b": jnp.zeros(1)}}
-    out = project(params)
-    for q in (out["cell"][0], out["cell"][1]["fwd"], out["cell"][1]["bwd"]):
-        np.testing.assert_allclose(q["u"], [-bound, 0.5, bound])
-        np.testing.assert_array_equal(q["w_x"], ind["w_x"])
-    np.testing.assert_array_equal(out["readout"]["w"], params["readout"]["w"])
+    params = {"cell": (ind, ind), "readout": {"w": jnp.ones((3, 1)), "b": jnp.zeros(1)}}
+    got, want = _common.projection("indrnn", 100)(params), rnnjax.indrnn_projection(100)(params)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(a, b)
+    assert float(jnp.max(jnp.abs(got["cell"][1]["u"]))) == pytest.approx(rnnjax.indrnn_max_abs(100))
 
 
 def test_experiment_scripts_apply_indrnn_projection_after_every_step(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import rnnjax
-from rnnjax.cells.indrnn import indrnn, indrnn_constrain, indrnn_max_abs
+from rnnjax.cells.indrnn import indrnn, indrnn_constrain, indrnn_max_abs, indrnn_projection
 from rnnjax.cells.lru import lru, lru_eigenvalues
 from rnnjax.cells.minimal import g, log_g, mingru, minlstm
 from rnnjax.cells.orthogonal import orthogonal, orthogonal_matrix, orthogonality_error
@@ -166,6 +166,54 @@ def test_indrnn_recurrent_range_and_constraint(key):
     assert q["w_x"] is p["w_x"] and p["u"][0] == -3.0
     with pytest.raises(ValueError, match="min_abs"):
         indrnn_constrain(p, max_abs=0.5, min_abs=1.0)
+
+
+def test_indrnn_projection_finds_every_indrnn_layer_and_nothing_else():
+    bound = indrnn_max_abs(100)
+    ind = {"w_x": jnp.ones((1, 3)), "u": jnp.array([-3.0, 0.5, 7.0]), "b": jnp.zeros(3)}
+    other = {"w": jnp.full((3, 1), 9.0), "b": jnp.zeros(1)}
+    params = {"cell": (ind, {"fwd": ind, "bwd": ind}), "readout": other}
+    out = indrnn_projection(100)(params)
+    assert jax.tree.structure(out) == jax.tree.structure(params)
+    for q in (out["cell"][0], out["cell"][1]["fwd"], out["cell"][1]["bwd"]):
+        np.testing.assert_allclose(q["u"], [-bound, 0.5, bound], rtol=1e-7)
+        np.testing.assert_array_equal(q["w_x"], ind["w_x"])
+    np.testing.assert_array_equal(out["readout"]["w"], other["w"])
+    # a single cell's params, and min_abs as in indrnn_constrain
+    single = indrnn_projection(100, min_abs=0.6)(ind)
+    np.testing.assert_array_equal(single["u"], indrnn_constrain(ind, bound, 0.6)["u"])
+    with pytest.raises(ValueError, match="no IndRNN"):
+        indrnn_projection(100)(other)  # a projection that does nothing would hide a wrong model
+    with pytest.raises(ValueError, match="max_timescale"):
+        indrnn_projection(0.5)
+    with pytest.raises(ValueError, match="min_abs"):
+        indrnn_projection(100, min_abs=2.0)
+
+
+def test_train_step_with_indrnn_projection_equals_step_then_constrain(key):
+    """One Adam step at a large rate: with ``project=`` the step's params are those of the plain
+    step projected by indrnn_constrain (bitwise), and |u| ends at the bound."""
+    T, H = 20, 6
+    cell = indrnn(H, max_timescale=T)
+    params = {"cell": cell.init(key, D), "out": rnnjax.dense(1).init(jax.random.fold_in(key, 1), H)}
+    xs = jax.random.normal(jax.random.fold_in(key, 2), (T, 4, D))
+
+    params["cell"]["u"] = jnp.full((H,), 0.9 * indrnn_max_abs(T))
+
+    def loss_fn(p, batch, k):  # -|h_T|^2 (plus the readout's output): a ReLU unit's state grows with u
+        _, hs = rnnjax.unroll(cell, p["cell"], batch)
+        return -jnp.mean(hs[-1] ** 2) + jnp.mean(rnnjax.dense(1).apply(p["out"], hs[-1]))
+
+    tx = rnnjax.optimizer("adam", 0.5)
+    state = rnnjax.TrainState.create(params, tx, key=key)
+    plain, _ = jax.jit(rnnjax.train_step(loss_fn, tx))(state, xs)
+    projected, m = jax.jit(rnnjax.train_step(loss_fn, tx, project=indrnn_projection(T)))(state, xs)
+    want = indrnn_constrain(plain.params["cell"], indrnn_max_abs(T))
+    np.testing.assert_array_equal(projected.params["cell"]["u"], want["u"])
+    np.testing.assert_array_equal(projected.params["out"]["w"], plain.params["out"]["w"])
+    np.testing.assert_array_equal(projected.params["cell"]["w_x"], plain.params["cell"]["w_x"])
+    assert float(jnp.max(jnp.abs(plain.params["cell"]["u"]))) > indrnn_max_abs(T)  # it was needed
+    assert int(m["nonfinite"]) == 0
 
 
 def test_indrnn_state_bounded_over_horizon(key):

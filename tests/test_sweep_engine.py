@@ -57,6 +57,19 @@ def run(steps, **kw):
     return sweep.run_sweep(CONFIGS, init_fn, STEP, batch_fn, steps=steps, progress=False, **kw)
 
 
+def test_sweep_step_passes_project_to_train_step():
+    config = CONFIGS[1]
+    state = init_fn(config)
+    batch = batch_fn(config, 0)
+    shrink = lambda p: jax.tree.map(lambda x: jnp.clip(x, -0.05, 0.05), p)  # noqa: E731
+    got, _ = sweep.sweep_step(loss_fn, make_tx, project=shrink)(state, batch, config)
+    plain, _ = STEP(state, batch, config)
+    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(plain.params)):
+        np.testing.assert_array_equal(a, np.clip(b, -0.05, 0.05))
+    with pytest.raises(TypeError, match="project"):
+        sweep.sweep_step(loss_fn, make_tx, project=0.05)
+
+
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
     d = tmp_path_factory.mktemp("full")

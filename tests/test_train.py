@@ -238,6 +238,30 @@ def test_nonfinite_guard_leaves_params_and_opt_state_bitwise_unchanged():
     assert int(m2["nonfinite"]) == 0 and not _tree_equal(good.params, state.params)
 
 
+def test_project_is_applied_after_the_update_and_inside_the_nonfinite_guard():
+    """Projected SGD onto the box [-0.1, 0.1] (optax.projections): params = clip(params - lr g);
+    update_norm stays the optimizer's; a non-finite step still leaves params bitwise unchanged."""
+    tx = optimizer("sgd", 0.1, clip_norm=None)
+
+    def loss_fn(p, batch, key):
+        return jnp.sum(p["w"] * batch) + p["b"] * jnp.sum(batch)
+
+    box = lambda p: optax.projections.projection_box(p, jax.tree.map(lambda x: -0.1, p), jax.tree.map(lambda x: 0.1, p))  # noqa: E731,E501
+    step = jax.jit(train_step(loss_fn, tx, project=box))
+    state = TrainState.create(PARAMS, tx, key=jax.random.key(0))
+    x = jnp.array([1.0, -2.0, 3.0])
+    new, m = step(state, x)
+    np.testing.assert_allclose(new.params["w"], np.clip(np.asarray(PARAMS["w"]) - 0.1 * np.asarray(x), -0.1, 0.1))
+    np.testing.assert_allclose(new.params["b"], np.clip(0.25 - 0.1 * 2.0, -0.1, 0.1), rtol=1e-6)
+    np.testing.assert_allclose(m["update_norm"], 0.1 * np.linalg.norm([1.0, -2.0, 3.0, 2.0]), rtol=1e-6)
+    bad, m = step(new, jnp.array([1.0, jnp.nan, 0.0]))
+    assert int(m["nonfinite"]) == 1 and _tree_equal(bad.params, new.params)
+    with pytest.raises(TypeError, match="project"):
+        train_step(loss_fn, tx, project="box")
+    with pytest.raises(ValueError, match="same structure"):
+        train_step(loss_fn, tx, project=lambda p: p["w"])(state, x)
+
+
 def test_has_aux_metrics_and_bad_arguments():
     tx = optimizer("sgd", 0.1)
 

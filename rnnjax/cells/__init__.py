@@ -2,7 +2,7 @@
 
 from rnnjax.cells.elman import elman, irnn, jordan
 from rnnjax.cells.gru import gru, mgu
-from rnnjax.cells.indrnn import indrnn, indrnn_constrain, indrnn_max_abs
+from rnnjax.cells.indrnn import indrnn, indrnn_constrain, indrnn_max_abs, indrnn_projection
 from rnnjax.cells.lru import lru, lru_eigenvalues
 from rnnjax.cells.lstm import lstm
 from rnnjax.cells.minimal import mingru, minlstm
@@ -13,7 +13,7 @@ from rnnjax.cells.ode import antisymmetric, antisymmetric_matrix, lipschitz, lip
 from rnnjax.cells.xlstm import MLSTMState, SLSTMState, mlstm, mlstm_state, slstm
 
 __all__ = ["elman", "irnn", "jordan", "lstm", "gru", "mgu", "indrnn", "indrnn_constrain",
-           "indrnn_max_abs", "lru", "lru_eigenvalues", "mingru", "minlstm", "orthogonal",
-           "orthogonality_error", "OscillatorState", "cornn", "lem", "linoss", "linoss_transition", "rglru",
-           "rglru_base_decay", "antisymmetric", "antisymmetric_matrix", "lipschitz", "lipschitz_matrix",
+           "indrnn_max_abs", "indrnn_projection", "lru", "lru_eigenvalues", "mingru", "minlstm",
+           "orthogonal", "orthogonality_error", "OscillatorState", "cornn", "lem", "linoss",
+           "linoss_transition", "rglru", "rglru_base_decay", "antisymmetric", "antisymmetric_matrix", "lipschitz", "lipschitz_matrix",
            "MLSTMState", "SLSTMState", "mlstm", "mlstm_state", "slstm"]

@@ -39,6 +39,43 @@ def indrnn_constrain(params: Params, max_abs: float, min_abs: float = 0.0) -> Pa
     return {**params, "u": sign * mag}
 
 
+_INDRNN_KEYS = frozenset({"w_x", "u", "b"})
+
+
+def _is_indrnn_params(node) -> bool:
+    return isinstance(node, dict) and set(node) == _INDRNN_KEYS
+
+
+def indrnn_projection(max_timescale: float, min_abs: float = 0.0) -> Callable[[Params], Params]:
+    """The paper's projection for a whole model: ``project(params) -> params``.
+
+    ``project`` applies :func:`indrnn_constrain` with ``max_abs = indrnn_max_abs(max_timescale)``
+    to every IndRNN params dict (keys ``w_x``, ``u``, ``b``) in ``params``, whatever the layout (a
+    single cell, a :func:`rnnjax.layers.stack` tuple, a dict of a cell and a readout), and returns
+    every other leaf unchanged. Pass it as ``project=`` to :func:`rnnjax.train_step` (or
+    :func:`rnnjax.sweep.sweep_step`) to keep Li et al.'s ``|u| <= 2^(1/T)`` after every update.
+
+    Raises:
+      ValueError: ``max_timescale < 1``, or ``min_abs`` outside ``[0, 2^(1/T)]``; or, when
+        ``project`` is called, if ``params`` holds no IndRNN params dict (a projection that
+        silently does nothing would hide a wrong model).
+    """
+    max_abs = indrnn_max_abs(max_timescale)
+    if not 0.0 <= min_abs <= max_abs:
+        raise ValueError(f"min_abs must be in [0, 2^(1/max_timescale)] = [0, {max_abs}], got {min_abs}")
+
+    def project(params: Params) -> Params:
+        found = [node for node in jax.tree.leaves(params, is_leaf=_is_indrnn_params)
+                 if _is_indrnn_params(node)]
+        if not found:
+            raise ValueError("indrnn_projection: params hold no IndRNN params dict (a dict with "
+                             "keys 'w_x', 'u', 'b'); nothing to project")
+        return jax.tree.map(lambda q: indrnn_constrain(q, max_abs, min_abs) if _is_indrnn_params(q) else q,
+                            params, is_leaf=_is_indrnn_params)
+
+    return project
+
+
 def indrnn(
     hidden_size: int,
     *,
