@@ -118,7 +118,8 @@ def _scale_by_learning_rate(learning_rate: Array,
     return optax.GradientTransformation(init, update)
 
 
-def _direction(name: str, hp: dict[str, Array], nesterov: bool, mask: Any) -> optax.GradientTransformation:
+def _direction(name: str, hp: dict[str, Array], nesterov: bool, mask: Any,
+               eps_in_sqrt: bool = True) -> optax.GradientTransformation:
     """The optimizer's update direction (before the learning rate), with its weight decay."""
     l2 = optax.add_decayed_weights(hp["weight_decay"], mask)  # coupled: grad + wd * param
     if name == "sgd":
@@ -129,7 +130,7 @@ def _direction(name: str, hp: dict[str, Array], nesterov: bool, mask: Any) -> op
         return optax.chain(l2, optax.scale_by_adam(hp["b1"], hp["b2"], hp["eps"]))
     if name == "adamw":  # decoupled (Loshchilov & Hutter 2019): decay after the Adam scaling
         return optax.chain(optax.scale_by_adam(hp["b1"], hp["b2"], hp["eps"]), l2)
-    return optax.chain(l2, optax.scale_by_rms(hp["decay"], hp["eps"]))  # rmsprop
+    return optax.chain(l2, optax.scale_by_rms(hp["decay"], hp["eps"], eps_in_sqrt=eps_in_sqrt))  # rmsprop
 
 
 def _number(name: str, value: Any, lo: float | None = None, hi: float | None = None, *,
@@ -159,6 +160,7 @@ def optimizer(
     b2: float | Array = 0.999,
     eps: float | Array = 1e-8,
     decay: float | Array = 0.9,
+    eps_in_sqrt: bool = True,
     schedule: str | None = "constant",
     decay_steps: int | Array | None = None,
     warmup_steps: int | Array = 0,
@@ -177,8 +179,16 @@ def optimizer(
 
     Directions: ``sgd`` (``g``), ``momentum`` (heavy ball ``m = momentum m + g``; ``nesterov``),
     ``adam`` (Kingma & Ba 2015; ``b1, b2, eps``), ``adamw`` (decoupled weight decay), ``rmsprop``
-    (``g / sqrt(v + eps)``, ``v`` averaged with ``decay``). For all but ``adamw``, ``weight_decay``
-    adds ``weight_decay * param`` to the clipped gradient (classic L2 decay).
+    (``g / sqrt(v + eps)``, ``v`` averaged with ``decay``, as ``optax.rmsprop`` and TensorFlow;
+    ``eps_in_sqrt=False``: ``g / (sqrt(v) + eps)``, as ``torch.optim.RMSprop``). For all but
+    ``adamw``, ``weight_decay`` adds ``weight_decay * param`` to the clipped gradient (classic L2
+    decay).
+
+    The two RMSprop forms differ where gradients are small: with ``eps = 1e-8`` inside the root,
+    an element whose RMS gradient is ``r`` moves ``r / sqrt(r^2 + 1e-8)`` times PyTorch's step, so
+    elements with ``r`` below ``1e-4`` (e.g. the input weights of a one-hot token that is rarely
+    seen) train far slower than with PyTorch's form. Use ``eps_in_sqrt=False`` to run a recipe
+    written for PyTorch.
 
     Schedule ``shape(t)`` in ``[0, 1]`` with ``s = t - warmup_steps``: ``t / warmup_steps`` during
     the linear warmup, then ``constant``: 1; ``linear``: from 1 to ``end_factor`` over
@@ -193,6 +203,9 @@ def optimizer(
       momentum, nesterov: for ``momentum``.
       b1, b2, eps: for ``adam`` / ``adamw``; ``eps`` also for ``rmsprop``.
       decay: squared-gradient averaging of ``rmsprop``.
+      eps_in_sqrt: ``rmsprop`` only: ``eps`` inside the square root (True, optax's and
+        TensorFlow's form) or added to it (False, PyTorch's form). A Python bool: it changes the
+        program, not a value, so a sweep cannot vary it.
       schedule: ``constant`` (or None), ``linear``, ``cosine`` or ``exponential``.
       decay_steps: length of the decay (after the warmup); required unless ``constant``.
       warmup_steps: steps of linear warmup from 0 to the peak (0: none).
@@ -215,6 +228,10 @@ def optimizer(
         raise TypeError("learning_rate must be a number or array (the peak rate), not a callable; "
                         "choose a schedule with schedule='cosine', decay_steps=..., so that the "
                         "peak rate stays an array leaf")
+    if not isinstance(eps_in_sqrt, bool):
+        raise TypeError(f"eps_in_sqrt must be a bool, got {type(eps_in_sqrt).__name__} {eps_in_sqrt!r}")
+    if not eps_in_sqrt and name != "rmsprop":
+        raise ValueError(f"eps_in_sqrt=False applies to rmsprop only, not to {name!r}")
     if schedule != "constant" and decay_steps is None:
         raise ValueError(f"decay_steps must be given (a positive int) for schedule={schedule!r}")
     values = {
@@ -241,7 +258,7 @@ def optimizer(
     def chain(**hp):
         return optax.chain(
             optax.clip_by_global_norm(hp["clip_norm"]),
-            _direction(name, hp, nesterov, weight_decay_mask),
+            _direction(name, hp, nesterov, weight_decay_mask, eps_in_sqrt),
             _scale_by_learning_rate(hp["learning_rate"], _schedule_shape(schedule, hp)),
         )
 

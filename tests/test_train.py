@@ -100,6 +100,43 @@ def test_every_optimizer_matches_optax_reference(name):
             np.testing.assert_allclose(u[k], v[k], rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.parametrize("scale", [1.0, 1e-5])
+def test_rmsprop_eps_outside_sqrt_matches_torch(scale):
+    """``eps_in_sqrt=False`` is torch.optim.RMSprop (alpha = decay), step for step, also where the
+    gradients are small enough (1e-5) that the two forms differ; the default form is optax's."""
+    torch = pytest.importorskip("torch")
+    w0 = np.array([1.0, -2.0, 0.5, 3.0], np.float64)
+    grads = [scale * np.array([0.3, 0.1, -0.2, 1e-3], np.float64) * (1 + 0.5 * i) for i in range(4)]
+    tw = torch.tensor(w0.copy(), requires_grad=True)
+    topt = torch.optim.RMSprop([tw], lr=0.01, alpha=0.9, eps=1e-8)
+    tx = optimizer("rmsprop", 0.01, clip_norm=None, decay=0.9, eps_in_sqrt=False)
+    tx_in = optimizer("rmsprop", 0.01, clip_norm=None, decay=0.9)
+    p = {"w": jnp.asarray(w0, jnp.float32)}
+    p_in = dict(p)
+    s, s_in = tx.init(p), tx_in.init(p_in)
+    for g in grads:
+        tw.grad = torch.tensor(g)
+        topt.step()
+        u, s = tx.update({"w": jnp.asarray(g, jnp.float32)}, s, p)
+        p = optax.apply_updates(p, u)
+        u, s_in = tx_in.update({"w": jnp.asarray(g, jnp.float32)}, s_in, p_in)
+        p_in = optax.apply_updates(p_in, u)
+    np.testing.assert_allclose(p["w"], tw.detach().numpy(), rtol=1e-6, atol=1e-7)
+    moved, moved_in = np.abs(np.asarray(p["w"]) - w0), np.abs(np.asarray(p_in["w"]) - w0)
+    if scale == 1.0:  # gradients ~0.1-1: eps is negligible either way; ~1e-3: 2% shorter inside
+        np.testing.assert_allclose(moved_in[:3], moved[:3], rtol=1e-3)
+        assert 0.95 < moved_in[3] / moved[3] < 0.99
+    else:  # RMS gradient ~3e-6: eps inside the root shrinks the step to r / sqrt(r^2 + 1e-8) ~ 0.03
+        assert np.all(moved_in < 0.1 * moved)
+
+
+def test_eps_in_sqrt_bad_arguments():
+    with pytest.raises(TypeError, match="eps_in_sqrt must be a bool"):
+        optimizer("rmsprop", eps_in_sqrt=0)
+    with pytest.raises(ValueError, match="eps_in_sqrt=False applies to rmsprop only"):
+        optimizer("adam", eps_in_sqrt=False)
+
+
 def test_weight_decay_sgd_adds_decay_times_param():
     tx = optimizer("sgd", 0.1, clip_norm=None, weight_decay=0.01)
     u, _ = tx.update(GRADS, tx.init(PARAMS), PARAMS)
