@@ -1,5 +1,6 @@
 """The gradient-vanishing study: its pieces, and the study end to end in a tiny configuration."""
 
+import dataclasses
 import json
 import math
 import os
@@ -111,8 +112,14 @@ def test_paper_rows_carry_their_papers_recipes():
     chrono = paper[("lstm-chrono-paper", 500)]
     assert (chrono.task, chrono.H, chrono.optimizer, chrono.lr, dict(chrono.opt_kwargs)["decay"]) == \
         ("copy", 128, "rmsprop", 1e-3, 0.9)
+    assert dict(chrono.opt_kwargs)["eps_in_sqrt"] is False  # the paper's PyTorch RMSprop
+    contrast = paper[("lstm-chrono-paper-eps-in-sqrt", 500)]  # the same but optax's RMSprop form
+    assert dataclasses.replace(contrast, opt_kwargs=chrono.opt_kwargs) == chrono
     exp = paper[("exprnn-paper", 1000)]
     assert (exp.H, exp.batch, exp.lr, dict(exp.lr_factors), exp.clip) == (190, 128, 2e-4, {"a": 0.1}, None)
+    assert dict(exp.opt_kwargs) == {"decay": 0.99, "eps_in_sqrt": False}
+    contrast = paper[("exprnn-paper-eps-in-sqrt", 1000)]
+    assert dataclasses.replace(contrast, opt_kwargs=exp.opt_kwargs) == exp
     irnn = paper[("irnn-paper", 150)]
     assert (irnn.H, irnn.optimizer, irnn.batch, irnn.lrs) == (100, "sgd", 16, (1e-2, 1e-3))
     assert all(len(c.seeds) >= 3 for c in paper.values())
@@ -130,6 +137,24 @@ def test_paper_rows_carry_their_papers_recipes():
     np.testing.assert_array_equal(b[:H], -b[H:2 * H])
     hp = state.opt_state.hyperparams
     assert float(hp["decay"]) == pytest.approx(0.9) and math.isinf(float(hp["clip_norm"]))
+
+
+def test_chrono_paper_rmsprop_is_pytorchs_form():
+    """PyTorch's RMSprop takes nearly a full step whatever the gradient's size (first step: about
+    lr / sqrt(1 - decay)); optax's form, eps inside the root, shrinks a 1e-6 gradient's step ~300-fold."""
+    kw = dict(task="copy", T=5, H=4, optimizer="rmsprop", lr=1e-3, clip=None)
+    steps = {}
+    for row in ("lstm-chrono-paper", "lstm-chrono-paper-eps-in-sqrt"):
+        rc = vanishing.spec_by_name(row).recipe
+        t = vanishing.build_training(vanishing.spec_by_name(row), tiny(opt_kwargs=rc.opt_kwargs, **kw))
+        params = t.init_fn({"lr": 1e-3, "seed": 0}).params
+        tx = t.make_tx({"lr": 1e-3})
+        u, _ = tx.update(jax.tree.map(lambda p: jnp.full_like(p, 1e-6), params), tx.init(params), params)
+        steps[row] = np.abs(np.asarray(u["cell"]["w_x"]))
+    np.testing.assert_allclose(steps["lstm-chrono-paper"], 1e-3 * 1e-6 / (math.sqrt(0.1) * 1e-6 + 1e-8),
+                               rtol=1e-4)
+    np.testing.assert_allclose(steps["lstm-chrono-paper-eps-in-sqrt"],
+                               1e-3 * 1e-6 / math.sqrt(0.1 * 1e-12 + 1e-8), rtol=1e-4)
 
 
 def test_indrnn_paper_keeps_u_within_the_bound():
