@@ -855,6 +855,8 @@ def claims_table(runs: list[dict]) -> list[str]:
         if r.get("diverged_seeds"):
             res += f"; {r['diverged_seeds']} seed(s) diverged"
         verdict = "reproduced" if r["solved"] else "not reproduced at this budget"
+        if r["row"].endswith(EPS_IN_SQRT):  # a contrast to a paper row, not a test of the claim
+            verdict = "contrast, not the paper's recipe: " + ("solved" if r["solved"] else "not solved")
         budget = f"here {r['steps']} steps"
         if r.get("budget_planned"):  # a row whose budget was raised, still continuing
             budget += f" so far (of {r['budget_planned']} planned; continuing)"

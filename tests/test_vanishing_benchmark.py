@@ -316,6 +316,13 @@ def test_a_raised_budget_reports_the_shorter_row_then_continues_it(tmp_path, mon
     claim = next(line for line in vanishing.claims_table([paper]) if line.startswith("| indrnn-paper"))
     assert "here 3000 steps so far (of 9000 planned; continuing)" in claim
     assert claim.endswith("| not reproduced at this budget (so far) |")
+    # a contrast row (not the paper's recipe) never reads as a verdict on the claim
+    lines = vanishing.claims_table([_synthetic_run(f"lstm-chrono-paper{vanishing.EPS_IN_SQRT}", "copy", 500,
+                                                   f, paper=True) for f in ([0.04] * 3, [0.001] * 3)])
+    rows = [line for line in lines if line.startswith("| lstm-chrono-paper-eps-in-sqrt")]
+    assert rows[0].endswith("| contrast, not the paper's recipe: not solved |")
+    assert rows[1].endswith("| contrast, not the paper's recipe: solved |")
+    assert "as lstm-chrono-paper, but RMSprop with eps 1e-8 inside the root" in rows[0]
 
 
 def test_a_row_that_sweeps_learning_rates_reports_each(tmp_path):
