@@ -114,7 +114,8 @@ def test_paper_rows_carry_their_papers_recipes():
         ("copy", 128, "rmsprop", 1e-3, 0.9)
     assert dict(chrono.opt_kwargs)["eps_in_sqrt"] is False  # the paper's PyTorch RMSprop
     contrast = paper[("lstm-chrono-paper-eps-in-sqrt", 500)]  # the same but optax's RMSprop form
-    assert dataclasses.replace(contrast, opt_kwargs=chrono.opt_kwargs) == chrono
+    assert (chrono.steps, contrast.steps) == (20000, 10000)  # the contrast kept its first budget
+    assert dataclasses.replace(contrast, opt_kwargs=chrono.opt_kwargs, steps=chrono.steps) == chrono
     exp = paper[("exprnn-paper", 1000)]
     assert (exp.H, exp.batch, exp.lr, dict(exp.lr_factors), exp.clip) == (190, 128, 2e-4, {"a": 0.1}, None)
     assert dict(exp.opt_kwargs) == {"decay": 0.99, "eps_in_sqrt": False}
