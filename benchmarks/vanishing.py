@@ -15,7 +15,10 @@ baseline; a row is *solved* when at least half of its seeds are.
 Part 3 (the papers' claims, the papers' recipes): rows ``<cell>-paper`` trained with the recipe
 their paper states (hidden size, layers, optimizer, learning rates, batch, clipping,
 initialisation), with the step budget used here next to the paper's (and ``lru-long``: the LRU
-with the eigenvalue range its paper uses for long-range tasks).
+with the eigenvalue range its paper uses for long-range tasks). The RMSprop recipes run PyTorch's
+form (``eps`` added to the root, as their papers' code); the rows ``<row>-eps-in-sqrt`` are the
+same recipes with optax's form (``eps`` inside the root), kept as the measured contrast
+(``benchmarks/rmsprop_eps.py`` measures the difference per parameter leaf).
 
 Outputs in ``--out``: ``results.json`` (``meta``: command, machine, versions, wall time;
 ``records``: one per training row with ``task, cell, T, seeds, solved_seeds, solved, per_seed,
