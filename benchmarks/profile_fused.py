@@ -34,7 +34,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import rnnjax  # noqa: E402
-from rnnjax._workdir import machine  # noqa: E402
+from rnnjax import machine  # noqa: E402
 from rnnjax.cells import fused  # noqa: E402
 
 

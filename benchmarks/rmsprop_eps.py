@@ -118,7 +118,7 @@ def main(argv=None) -> int:
         rows = measure(args.row, args.task, args.T, at, args.seed)
     except ValueError as e:
         p.error(str(e))
-    from rnnjax._workdir import machine
+    from rnnjax import machine
 
     m = machine()
     text = (f"## RMSprop: optax's form (eps inside the root) against PyTorch's, per parameter leaf\n\n"

@@ -126,7 +126,7 @@ def main(argv=None) -> int:
         return 0
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    from rnnjax._workdir import machine
+    from rnnjax import machine
 
     sizes_arg = ",".join("x".join(map(str, s)) for s in args.sizes)
     runs: dict[str, list[dict]] = {name: [] for name, _ in VARIANTS}

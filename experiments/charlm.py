@@ -153,7 +153,7 @@ def main(argv=None):
                         eval_fn=eval_fn, final_fn=final_fn,
                         info={"corpus_files": files, "corpus_chars": len(text),
                               "corpus_sha256": digest, "python": sys.version, "vocab_size": V})
-    print(f"[charlm] held-out bits per character: {res['final']['eval_bits_per_char']:.4f}")
+    print(f"[charlm] held-out bits per character: {res['final'][0]['eval_bits_per_char']:.4f}")
     return res
 
 

@@ -152,7 +152,7 @@ def main(argv=None):
                         eval_fn=eval_fn, final_fn=final_fn,
                         info={"data_origin": origin, "series_length": len(series),
                               "test_start_index": split})
-    f = res["final"]
+    f = res["final"][0]
     print(f"[forecast] held-out tail: model MAE {f['model_mae']:.4g} RMSE {f['model_rmse']:.4g} | "
           f"naive MAE {f['naive_mae']:.4g} RMSE {f['naive_rmse']:.4g}")
     return res

@@ -107,7 +107,7 @@ def main(argv=None):
     result = sweep.run_sweep(configs, init_fn, sweep.sweep_step(loss_fn, make_tx), batch_fn,
                              steps=args.steps, workdir=args.workdir, ckpt_every=args.ckpt_every,
                              config=run_config, progress=not args.no_progress)
-    final = result.final("loss", last=min(args.last, args.steps))
+    final = result.final_values("loss", last=min(args.last, args.steps))
     skipped = result.metrics["nonfinite"].sum(axis=1)
     print(result.markdown(last=min(args.last, args.steps)))
 

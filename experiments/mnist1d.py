@@ -109,7 +109,7 @@ def main(argv=None):
                         final_fn=lambda p: {"test_accuracy": float(eval_fn(p)["accuracy"])},
                         info={"num_params_model": n, "reference_accuracy": REFERENCE_ACCURACY,
                               "chance_accuracy": rnnjax.tasks.CHANCE_ACCURACY})
-    print(f"[mnist1d] test accuracy {res['final']['test_accuracy']:.4f} with {n} parameters "
+    print(f"[mnist1d] test accuracy {res['final'][0]['test_accuracy']:.4f} with {n} parameters "
           f"(references: GRU 0.91, CNN 0.94)")
     return res
 

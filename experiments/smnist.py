@@ -196,7 +196,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     meta = {"command": "python " + " ".join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:])),
             "flags": vars(args), "wall_time_s": time.time() - t_start,
-            "machine": rnnjax._workdir.machine()}
+            "machine": rnnjax.machine()}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"meta": meta, "records": records}, f, indent=2)
     lines = [f"# Pixel MNIST (784 steps) on {4000} training digits", "",

@@ -1,20 +1,22 @@
-"""The work directory of a training run (private): shared by :func:`rnnjax.fit` and
-:func:`rnnjax.sweep.run_sweep`.
+"""The work directory of a training run (private): used by the engine (:mod:`rnnjax.engine`).
 
 A work directory holds everything a run needs to be continued and read::
 
     workdir/
+      .lock              held (an OS file lock) by the process that trains; names it (pid, host)
       config.json        the run's config; a resumed run must present the same one
       sessions.json      one entry per process that worked on the run: start, wall time, steps
-      checkpoints/       orbax checkpoints of the whole state (rnnjax.checkpoint.Checkpointer)
+      checkpoints/       orbax checkpoints: the state(s), the history, the guard's counters
       metrics.jsonl      one JSON object a line: {"kind": "train"|"eval", "step": ..., metrics}
-      events.out.tfevents.*   the same metrics for TensorBoard (when tensorboardX is installed)
+                         (rebuilt from the checkpoint's history on resume)
+      events.out.tfevents.*   the same metrics for TensorBoard (when tensorboardX is installed;
+                         a sweep: tb/config_<i>/)
       loss.png           the loss curves
       results.json       config, final metrics, params_sha256, total wall time, machine
 
-Every file is written atomically (a temporary file and ``os.replace``) or appended line by line
-(``metrics.jsonl``, whose records after the restored step are dropped on resume), so a process
-killed at any moment leaves a directory that the next call resumes from.
+Every file is written atomically (a temporary file and ``os.replace``) or appended line by line,
+so a process killed at any moment leaves a directory that the next call resumes from. The lock
+is released by the OS when its process dies, so a killed run's lock is taken over at once.
 """
 
 from __future__ import annotations
@@ -23,14 +25,16 @@ import json
 import math
 import os
 import platform
+import socket
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
 
-from rnnjax.checkpoint import _json_default, write_json_atomic
+from rnnjax.checkpoint import json_default, write_json_atomic
 
 # Settings that change no result: they may differ between a run and its continuation.
 RESUME_FREE = frozenset({
@@ -44,16 +48,42 @@ class WorkdirError(ValueError):
     """A work directory that cannot be used (a file, not writable, or holding another run)."""
 
 
-def _jsonable(obj: Any) -> Any:
-    """``obj`` as plain JSON values (arrays as lists, callables and other objects by name)."""
-    return json.loads(json.dumps(obj, default=_lenient_default))
+def jsonable(obj: Any, where: str = "config") -> Any:
+    """``obj`` as plain JSON values, to store a run's config and compare it on resume.
+
+    Arrays become lists, tuples lists, sets sorted lists; a function or class becomes its
+    ``module.qualname`` (so a function whose body changed under the same name is NOT detected on
+    resume). What cannot be recorded faithfully is refused with a ``TypeError`` naming its key: a
+    lambda or a function defined inside another (no stable name), any other object.
+    """
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, (int, float, np.generic, np.ndarray, jax.Array, Path)):
+        return json_default(obj) if not isinstance(obj, (int, float)) else obj
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, (set, frozenset)):
+        try:
+            return [jsonable(v, where) for v in sorted(obj)]
+        except TypeError:
+            raise TypeError(f"{where} is a set of values that cannot be ordered ({obj!r}); use a "
+                            f"list") from None
+    qualname = getattr(obj, "__qualname__", None)
+    if callable(obj) and isinstance(qualname, str):
+        if "<" in qualname:
+            raise TypeError(f"{where} is {qualname!r} (a lambda or a function defined inside "
+                            f"another), which a work directory cannot record and compare on "
+                            f"resume; use a function defined at module level, or a string")
+        return f"{getattr(obj, '__module__', '?')}.{qualname}"
+    raise TypeError(f"{where} is a {type(obj).__name__}, which is not JSON; a work directory "
+                    f"records its config as JSON: use numbers, strings, lists and dicts")
 
 
-def _lenient_default(o: Any) -> Any:
-    try:
-        return _json_default(o)
-    except TypeError:
-        return getattr(o, "__qualname__", None) or getattr(o, "__name__", None) or repr(o)
+def same_json(a: Any, b: Any) -> bool:
+    """Equality of JSON values, NaN equal to NaN (``json.dumps`` writes both as ``NaN``)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 # the vector instruction sets that decide CPU matmul and elementwise speed, widest first
@@ -112,9 +142,15 @@ class Workdir:
                  resume_free: Iterable[str] = RESUME_FREE, write: bool = True):
         self.path = Path(path).absolute()
         self.write = write
+        self._lock_fd: int | None = None
+        self.config = jsonable(dict(config or {}))
         self._check_path()
-        self.config = _jsonable(dict(config or {}))
-        self._check_config(self.config, frozenset(resume_free), steps)
+        self._lock()
+        try:
+            self._check_config(self.config, frozenset(resume_free), steps)
+        except BaseException:
+            self.close()
+            raise
         self._t0 = time.time()
         self._sessions = self._read_json("sessions.json", {"sessions": []}).get("sessions", [])
         self._me = {"pid": os.getpid(), "started": self._t0, "wall_time_s": 0.0,
@@ -137,21 +173,58 @@ class Workdir:
         except OSError as e:
             raise WorkdirError(f"workdir {p} cannot be written: {e.strerror or e}") from None
 
-    def _read_json(self, name: str, default: Any) -> Any:
+    def _lock(self) -> None:
+        """Take the directory's lock (``.lock``), or refuse naming the process that holds it."""
+        if not self.write:
+            return
+        import fcntl
+
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown process"
+            os.close(fd)
+            raise WorkdirError(f"workdir {self.path} is in use by another process ({holder}); two "
+                               f"processes on one workdir would both write to it. Wait for that "
+                               f"one to finish or stop it, or use another workdir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}, since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Release the lock (the OS releases it too when the process dies)."""
+        if self._lock_fd is not None:
+            import fcntl
+
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _read_json(self, name: str, default: Any, *, required: bool = False) -> Any:
         path = self.path / name
         if not path.exists():
             return default
         try:
             return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, json.JSONDecodeError) as e:
+            if required:
+                raise WorkdirError(f"{path} cannot be read ({e}): the run's config is unknown, so "
+                                   f"the run cannot be checked before it is continued. Restore the "
+                                   f"file, or delete it to continue with the config given now") from None
             return default
 
     def _check_config(self, config: dict, free: frozenset, steps: int) -> None:
-        stored = self._read_json("config.json", None)
+        stored = self._read_json("config.json", None, required=True)
         if stored is not None:
-            old = stored.get("config", {})
+            old = stored.get("config", {}) if isinstance(stored, dict) else None
+            if not isinstance(old, dict):
+                raise WorkdirError(f"{self.path / 'config.json'} holds no config dict; restore the "
+                                   f"file, or delete it to continue with the config given now")
             diff = sorted(k for k in set(old) | set(config)
-                          if k not in free and old.get(k, "<missing>") != config.get(k, "<missing>"))
+                          if k not in free
+                          and not same_json(old.get(k, "<missing>"), config.get(k, "<missing>")))
             if diff:
                 detail = "; ".join(f"{k}: saved {old.get(k, '<missing>')!r}, now "
                                    f"{config.get(k, '<missing>')!r}" for k in diff[:8])
@@ -183,24 +256,14 @@ class Workdir:
 
     # -- metrics log
 
-    def open_metrics(self, upto: int) -> list[dict]:
-        """Keep the records of ``metrics.jsonl`` up to step ``upto``; return them."""
-        path = self.path / "metrics.jsonl"
-        records = []
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:  # a line cut by a kill
-                    continue
-                if rec.get("step", 0) <= upto:
-                    records.append(rec)
+    def write_records(self, records: Iterable[dict]) -> None:
+        """Rewrite ``metrics.jsonl`` with ``records`` (the history restored from a checkpoint)."""
         if self.write:
+            path = self.path / "metrics.jsonl"
             tmp = path.with_name("metrics.jsonl.tmp")
             with open(tmp, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in records)
             os.replace(tmp, path)
-        return records
 
     def results(self, results: dict) -> None:
         if self.write:
@@ -227,11 +290,16 @@ class EventLog:
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 self._w.add_scalar(prefix + k, float(v), global_step=int(step))
 
-    def flush(self) -> None:
-        self._w.flush()
-
     def close(self) -> None:
         self._w.close()
+
+
+def event_logs(path: Path, n: int, *, per_config: bool, purge_step: int | None) -> list[EventLog]:
+    """One :class:`EventLog` per configuration: ``path`` itself for a fit, ``path/tb/config_<i>``
+    for each configuration of a sweep (``per_config``)."""
+    if not per_config:
+        return [EventLog(path, purge_step=purge_step)]
+    return [EventLog(path / "tb" / f"config_{i:03d}", purge_step=purge_step) for i in range(n)]
 
 
 def tensorboard_available() -> bool:
@@ -278,7 +346,9 @@ def read_events(logdir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]
 
 
 def _plt():
-    import matplotlib
+    from rnnjax._checks import require
+
+    matplotlib = require("matplotlib", "plot", "drawing loss.png and other plots")
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -334,6 +404,34 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
-def host_scalars(metrics: Mapping[str, Any], i: int) -> dict[str, float]:
-    """Row ``i`` of stacked per-step metrics as Python floats (scalar metrics only)."""
-    return {k: float(v[i]) for k, v in metrics.items() if np.ndim(v) == 1}
+def plot_history(history: Any, configs: Sequence[dict], path: Path, *, title: str,
+                 baseline: float | None = None) -> None:
+    """``loss.png`` of a run: :func:`plot_run` for one configuration; for several, the training
+    loss of each (the legend names the values that vary)."""
+    if len(configs) == 1:
+        plot_run(history.records(0), path, title=title, baseline=baseline)
+        return
+    loss = history.train.get("loss")
+    if loss is None or loss.ndim != 2:
+        return
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    vary = [k for k in configs[0] if len({repr(c.get(k)) for c in configs}) > 1] or list(configs[0])
+    colors = plt.cm.viridis(np.linspace(0, 0.95, len(configs)))
+    styles = ("-", "--", "-.", ":")
+    for i, c in enumerate(configs):
+        label = ", ".join(f"{k}={c[k]:.3g}" if isinstance(c[k], float) else f"{k}={c[k]}" for k in vary)
+        ax.plot(history.train_steps, loss[i], color=colors[i], lw=1.2, ls=styles[i % 4], label=label)
+    if baseline is not None:
+        ax.axhline(baseline, color="k", ls=":", lw=1, label=f"baseline {baseline:.3g}")
+    finite = loss[np.isfinite(loss)]
+    if finite.size and finite.min() > 0:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    if len(configs) <= 20:
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

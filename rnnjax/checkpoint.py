@@ -32,6 +32,7 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -189,11 +190,18 @@ class Checkpointer:
 
     # -- save / restore
 
-    def save(self, state: Any, *, step: int | None = None) -> Path:
+    def save(self, state: Any, *, step: int | None = None, user_meta: dict[str, Any] | None = None) -> Path:
         """Save ``state`` (any pytree; typed keys allowed) as the checkpoint of ``step``.
 
         ``step`` defaults to ``int(state.step)``. Synchronous: when this returns the checkpoint is
         on disk and finalized. An existing checkpoint of the same step is replaced.
+
+        Args:
+          state: the pytree to save.
+          step: the checkpoint's step.
+          user_meta: JSON-able values stored in the metadata under ``"user"`` (read back by
+            :meth:`restore_latest_matching`, e.g. to build the template of a pytree whose shapes
+            change from save to save).
 
         Returns:
           The checkpoint's directory.
@@ -209,6 +217,7 @@ class Checkpointer:
             "shapes": [list(np.shape(v)) for v in leaves.values()],
             "sha256": tree_sha256(leaves),
             "saved_at": time.time(),
+            "user": user_meta or {},
         }
         if step in self.steps():
             self._manager.delete(step)
@@ -225,15 +234,28 @@ class Checkpointer:
           CheckpointError: the files are missing or damaged, the SHA-256 does not match, or the
             checkpoint holds a different structure (paths, dtypes, shapes) than ``template``.
         """
-        ocp = self._ocp
-        leaves_t, paths_t = state_to_tree(template)
+        return self._restore(template, step, self.meta(step))
+
+    def meta(self, step: int) -> dict[str, Any]:
+        """The metadata of the checkpoint of ``step`` (paths, dtypes, shapes, SHA-256, ``user``).
+
+        Raises:
+          CheckpointError: it cannot be read.
+        """
         path = self.path(step)
         try:
-            meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        except Exception as e:  # noqa: BLE001 - any failure of the files is a damaged checkpoint
+            meta = self._manager.restore(
+                step, args=self._ocp.args.Composite(meta=self._ocp.args.JsonRestore()))["meta"]
+        except Exception as e:  # any failure of the files is a damaged checkpoint
             raise CheckpointError(f"cannot read the metadata of {path}: {type(e).__name__}: {e}") from e
         if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
             raise CheckpointError(f"{path} has no rnnjax metadata of format {FORMAT_VERSION}")
+        return meta
+
+    def _restore(self, template: Any, step: int, meta: dict[str, Any]) -> Any:
+        ocp = self._ocp
+        leaves_t, paths_t = state_to_tree(template)
+        path = self.path(step)
         shapes_t = [list(np.shape(v)) for v in leaves_t.values()]
         dtypes_t = [str(jnp.asarray(v).dtype) for v in leaves_t.values()]
         if meta["paths"] != paths_t or meta["shapes"] != shapes_t or meta["dtypes"] != dtypes_t:
@@ -245,6 +267,7 @@ class Checkpointer:
             raise ValueError(f"the checkpoint {path} holds a different state structure than the "
                              f"template (a different model or optimizer config?); first "
                              f"differences: {diff[:5]}")
+        abstract: dict[str, Any]
         if jax.process_count() > 1:  # restore host copies; the engine places them on the devices
             abstract = {k: np.empty(np.shape(v), np.asarray(v).dtype) for k, v in leaves_t.items()}
         else:
@@ -252,7 +275,7 @@ class Checkpointer:
         try:
             restored = self._manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise CheckpointError(f"cannot read the arrays of {path}: {type(e).__name__}: {e}") from e
         if tree_sha256(restored) != meta["sha256"]:
             raise CheckpointError(f"{path}: the SHA-256 of the restored arrays does not match the "
@@ -267,9 +290,15 @@ class Checkpointer:
         (so that the resumed run can save that step again), and the previous one is tried.
         A structure mismatch with ``template`` is not skipped: it raises ``ValueError``.
         """
+        return self.restore_latest_matching(lambda meta: template)
+
+    def restore_latest_matching(self, make_template: Callable[[dict[str, Any]], Any]) -> Any | None:
+        """:meth:`restore_latest` with the template made from each checkpoint's metadata:
+        ``make_template(meta)`` (``meta["user"]`` holds what :meth:`save` was given)."""
         for step in reversed(self.steps()):
             try:
-                return self.restore(template, step)
+                meta = self.meta(step)
+                return self._restore(make_template(meta), step, meta)
             except CheckpointError as e:
                 aside = self.directory.parent / "corrupt_checkpoints" / f"{step}-{int(time.time())}"
                 warnings.warn(f"skipping the damaged checkpoint {self.path(step)} (step {step}): "
@@ -284,7 +313,7 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.close()
 
-    def __enter__(self) -> "Checkpointer":
+    def __enter__(self) -> Checkpointer:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -296,7 +325,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+        json.dump(obj, f, indent=2, sort_keys=True, default=json_default)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -307,13 +336,15 @@ def write_npz_atomic(path: str | os.PathLike, arrays: dict[str, Any]) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp.npz")
     with open(tmp, "wb") as f:
-        np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
+        payload: dict[str, Any] = {k: np.asarray(v) for k, v in arrays.items()}
+        np.savez(f, **payload)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """``json.dump``'s ``default`` for NumPy/JAX values (scalars, arrays as lists) and paths."""
     if isinstance(o, (np.generic, jax.Array)) and np.ndim(o) == 0:
         return np.asarray(o).item()
     if isinstance(o, (np.ndarray, jax.Array)):

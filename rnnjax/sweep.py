@@ -67,7 +67,7 @@ spans them, and every host gets the full :class:`SweepResult` (the metrics are g
 ``multihost_utils.process_allgather``; ``result.states`` stay sharded global arrays).
 
 Speed (what made the difference). Each group is one ``jax.jit`` call that runs all steps
-(``steps_per_call``) as a ``lax.scan`` over steps, with the data made inside the program from
+(``chunk`` of them per call) as a ``lax.scan`` over steps, with the data made inside the program from
 ``(config, step)``: no per-step dispatch or host round trip. Within a device, ``vmap_size``
 configurations run batched by ``vmap`` and the device's groups of them one after another
 (``lax.map``). On GPU/TPU the default vmaps all of a device's configurations (the work of one
@@ -99,18 +99,23 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import numbers
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rnnjax.train import TrainState, _boundaries, train_step
+from rnnjax import engine
+from rnnjax._checks import check_callable
+from rnnjax.checkpoint import params_sha256
+from rnnjax.optim import hyperparameter_errors
+from rnnjax.train import TrainState, train_step
 
 __all__ = [
+    "StackedProgram",
     "SweepGroup",
     "SweepResult",
     "cpu_devices",
@@ -190,12 +195,20 @@ def _split(configs: Sequence[Mapping[str, Any]], static: Sequence[str]) -> tuple
     return static_keys, numeric_keys
 
 
-def _stack_numeric(configs: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, np.ndarray]:
+def _stack_numeric(configs: Sequence[Mapping[str, Any]], keys: Sequence[str],
+                   indices: Sequence[int]) -> dict[str, np.ndarray]:
+    """The numeric values stacked: ints as int32 (checked to fit), floats as float32."""
     out = {}
+    info = np.iinfo(np.int32)
     for k in keys:
         vals = [c[k] for c in configs]
         if all(isinstance(v, (numbers.Integral, np.integer)) or
                (hasattr(v, "dtype") and np.issubdtype(v.dtype, np.integer)) for v in vals):
+            for i, v in zip(indices, vals):
+                if not info.min <= int(v) <= info.max:
+                    raise ValueError(f"configs[{i}][{k!r}] = {int(v)} does not fit in int32, the "
+                                     f"dtype a swept integer becomes; use a value in "
+                                     f"[{info.min}, {info.max}] (e.g. a seed below 2**31)")
             out[k] = np.asarray(vals, np.int32)
         else:
             out[k] = np.asarray(vals, np.float32)
@@ -237,7 +250,7 @@ def sweep_step(
         raise TypeError(f"project must be a callable params -> params or None, got {type(project).__name__}")
 
     def step(state, batch, config):
-        loss = lambda p, b, k: loss_fn(p, b, k, config)  # noqa: E731
+        loss = lambda p, b, k: loss_fn(p, b, k, config)
         return train_step(loss, tx_fn(config), has_aux=has_aux, project=project)(state, batch)
 
     return step
@@ -296,27 +309,42 @@ class SweepGroup:
     state: TrainState
 
 
-@dataclasses.dataclass
-class SweepResult:
-    """What :func:`run_sweep` returns.
+@dataclasses.dataclass(kw_only=True)
+class SweepResult(engine.RunSummary):
+    """What :func:`run_sweep` returns: a :class:`rnnjax.engine.RunSummary` (``history``,
+    ``final``, ``diverged``, ``params_sha256``, ``wall_time_s``, ``files`` ..., indexed by
+    configuration, as for :func:`rnnjax.fit`) and the sweep's own views.
 
     Attributes:
       configs: the configurations, in the order given.
-      metrics: name -> array ``[n_configs, steps]`` (step ``t`` of configuration ``i`` at
-        ``[i, t]``; extra trailing axes for non-scalar metrics).
       groups: the :class:`SweepGroup`\\ s (one per distinct static values).
       steps: the number of training steps.
-      eval_metrics: name -> array ``[n_configs, n_evals]``: ``eval_fn``'s values ({} without one).
-      eval_steps: ``[n_evals]``, the step count at each evaluation (multiples of ``eval_every``
-        and the last step).
     """
 
     configs: list[dict[str, Any]]
-    metrics: dict[str, np.ndarray]
     groups: list[SweepGroup]
     steps: int
-    eval_metrics: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    eval_steps: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+
+    @property
+    def metrics(self) -> dict[str, np.ndarray]:
+        """name -> ``[n_configs, K]``: the recorded steps (:attr:`metric_steps`; every step with
+        ``log_every=1``) of each configuration (extra trailing axes for non-scalar metrics)."""
+        return self.history.train
+
+    @property
+    def metric_steps(self) -> np.ndarray:
+        """``[K]``: the step counts (1-based) of the columns of :attr:`metrics`."""
+        return self.history.train_steps
+
+    @property
+    def eval_metrics(self) -> dict[str, np.ndarray]:
+        """name -> ``[n_configs, n_evals]``: ``eval_fn``'s values ({} without one)."""
+        return self.history.eval
+
+    @property
+    def eval_steps(self) -> np.ndarray:
+        """``[n_evals]``: the step count at each evaluation."""
+        return self.history.eval_steps
 
     def __len__(self) -> int:
         return len(self.configs)
@@ -338,34 +366,40 @@ class SweepResult:
         for g in self.groups:
             if i in g.indices:
                 j = g.indices.index(i)
-                return jax.tree.map(lambda a: a[j], g.state)
+                return jax.tree.map(lambda a, j=j: a[j], g.state)
         raise IndexError(f"no configuration {i} (the sweep has {len(self.configs)})")
 
-    def final(self, metric: str = "loss", last: int = 1) -> np.ndarray:
-        """``[n_configs]``: the mean of ``metric`` over the last ``last`` steps of each configuration."""
+    def final_values(self, metric: str = "loss", last: int = 1) -> np.ndarray:
+        """``[n_configs]``: the mean of ``metric`` over the last ``last`` records of each
+        configuration."""
         if metric not in self.metrics:
             raise KeyError(f"no metric {metric!r}; the sweep recorded {sorted(self.metrics)}")
-        if not 1 <= last <= self.steps:
-            raise ValueError(f"last must lie in [1, {self.steps}], got {last}")
-        return np.asarray(self.metrics[metric][:, self.steps - last:], np.float64).mean(axis=1)
+        k = self.metrics[metric].shape[1]
+        if not 1 <= last <= k:
+            raise ValueError(f"last must lie in [1, {k}] (the records), got {last}")
+        return np.asarray(self.metrics[metric][:, k - last:], np.float64).mean(axis=1)
 
     def best(self, metric: str = "loss", *, mode: str = "min", last: int = 1) -> int:
-        """Index of the best configuration by :meth:`final` (NaN/inf count as the worst)."""
+        """Index of the best configuration by :meth:`final_values` (NaN/inf and diverged
+        configurations count as the worst)."""
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-        v = self.final(metric, last)
+        v = self.final_values(metric, last)
+        v = np.where([d is None for d in self.diverged] if self.diverged else True, v, np.nan)
         v = np.where(np.isfinite(v), v if mode == "min" else -v, np.inf)
         return int(np.argmin(v))
 
     def table(self, metric: str = "loss", *, last: int = 1) -> list[dict[str, Any]]:
-        """One row per configuration: its values, ``final_<metric>`` and ``nonfinite_steps``."""
-        v = self.final(metric, last)
+        """One row per configuration: its values, ``final_<metric>``, ``nonfinite_steps`` and
+        ``diverged`` (the step at which the guard froze it, or None)."""
+        v = self.final_values(metric, last)
         bad = self.metrics.get("nonfinite")
         rows = []
         for i, c in enumerate(self.configs):
             row = {**c, f"final_{metric}": float(v[i])}
             if bad is not None:
-                row["nonfinite_steps"] = int(np.sum(bad[i]))
+                row["nonfinite_steps"] = int(np.nansum(bad[i]))
+            row["diverged"] = self.diverged[i] if self.diverged else None
             rows.append(row)
         return rows
 
@@ -401,8 +435,9 @@ class SweepResult:
         Returns:
           The matplotlib figure.
         """
-        import matplotlib
+        from rnnjax._checks import require
 
+        matplotlib = require("matplotlib", "plot", "SweepResult.plot")
         if ax is None:
             matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
@@ -415,7 +450,7 @@ class SweepResult:
         fig = ax.figure if ax is not None else plt.figure(figsize=(7, 4.5))
         ax = ax if ax is not None else fig.add_subplot(1, 1, 1)
         colors = plt.cm.viridis(np.linspace(0, 0.95, len(self.configs)))
-        t = np.arange(1, self.steps + 1)
+        t = self.metric_steps
         for i, c in enumerate(self.configs):
             label = ", ".join(f"{k}={c[k]:.3g}" if isinstance(c[k], float) else f"{k}={c[k]}"
                               for k in label_keys)
@@ -434,7 +469,7 @@ class SweepResult:
         return fig
 
 
-# ----------------------------------------------------------------------------- run
+# ----------------------------------------------------------------------------- the program
 
 
 def _resolve_vmap_size(vmap_size: int | str | None) -> int | None:
@@ -468,7 +503,8 @@ def _cached_program(static: dict, init_fn, step_fn, batch_fn, eval_fn, mesh: Mes
 
 def _program(static: dict, init_fn, step_fn, batch_fn, eval_fn, mesh: Mesh | None,
              vmap_size: int | None):
-    """``(init, run, evaluate)``: jitted functions over a group's stacked numeric values."""
+    """``(init, run, evaluate)``: jitted functions over a group's stacked numeric values;
+    ``run(states, nums, start, n)`` runs ``n`` steps of each."""
 
     def config(num):
         return {**static, **{k: v for k, v in num.items() if k != _INDEX}}
@@ -484,13 +520,12 @@ def _program(static: dict, init_fn, step_fn, batch_fn, eval_fn, mesh: Mesh | Non
 
         return jax.lax.scan(body, state, start + jnp.arange(n, dtype=jnp.int32))
 
-    def per_config(f, states, nums):
-        """``f(state, num)`` for every configuration: vmapped in batches of ``vmap_size``."""
-        size = nums[_INDEX].shape[0]
+    def per_config(f, *args):
+        """``f(state, num, ...)`` for every configuration: vmapped in batches of ``vmap_size``."""
+        size = args[1][_INDEX].shape[0]
         if vmap_size is None or vmap_size >= size:
-            return jax.vmap(f)(states, nums)
-        return jax.lax.map(lambda a: f(*a), (states, nums),
-                           batch_size=None if vmap_size == 1 else vmap_size)
+            return jax.vmap(f)(*args)
+        return jax.lax.map(lambda a: f(*a), args, batch_size=None if vmap_size == 1 else vmap_size)
 
     def local(states, nums, start, n):
         return per_config(lambda s, u: one(s, u, start, n), states, nums)
@@ -499,14 +534,11 @@ def _program(static: dict, init_fn, step_fn, batch_fn, eval_fn, mesh: Mesh | Non
         return per_config(lambda s, u: eval_fn(s.params, config(u)), states, nums)
 
     if mesh is None:
-        init = jax.jit(init_all)
-        run = jax.jit(local, static_argnums=3, donate_argnums=0)
-        evaluate = None if eval_fn is None else jax.jit(local_eval)
-        return init, run, evaluate
+        return (jax.jit(init_all), jax.jit(local, static_argnums=3),
+                None if eval_fn is None else jax.jit(local_eval))
 
     spec = PartitionSpec(AXIS)
-    sharded = NamedSharding(mesh, spec)
-    init = jax.jit(init_all, out_shardings=sharded)
+    init = jax.jit(init_all, out_shardings=NamedSharding(mesh, spec))
 
     def run_sharded(states, nums, start, n):
         f = jax.shard_map(lambda s, u, t: local(s, u, t, n), mesh=mesh,
@@ -518,308 +550,225 @@ def _program(static: dict, init_fn, step_fn, batch_fn, eval_fn, mesh: Mesh | Non
         return jax.shard_map(local_eval, mesh=mesh, in_specs=(spec, spec), out_specs=spec,
                              check_vma=False)(states, nums)
 
-    run = jax.jit(run_sharded, static_argnums=3, donate_argnums=0)
-    evaluate = None if eval_fn is None else jax.jit(eval_sharded)
-    return init, run, evaluate
+    return (init, jax.jit(run_sharded, static_argnums=3),
+            None if eval_fn is None else jax.jit(eval_sharded))
 
 
-def _check_count(name: str, value: Any, *, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}")
+@dataclasses.dataclass
+class _Group:
+    static: dict[str, Any]
+    indices: list[int]
+    size: int  # with the padding that makes it divide over the devices
+    nums: dict[str, jax.Array]
+    init: Callable
+    run: Callable
+    evaluate: Callable | None
 
 
-def run_sweep(
-    configs: Sequence[Mapping[str, Any]],
-    init_fn: Callable[[dict[str, Any]], TrainState],
-    step_fn: Callable[[TrainState, Any, dict[str, Any]], tuple[TrainState, dict[str, jax.Array]]],
-    batch_fn: Callable[[dict[str, Any], jax.Array], Any],
-    *,
-    steps: int,
-    static: Sequence[str] = (),
-    devices: Sequence[jax.Device] | None = None,
-    vmap_size: int | str | None = "auto",
-    steps_per_call: int | None = None,
-    eval_fn: Callable[[Any, dict[str, Any]], dict[str, jax.Array]] | None = None,
-    eval_every: int | None = None,
-    workdir: str | None = None,
-    ckpt_every: int | None = None,
-    config: Mapping[str, Any] | None = None,
-    log_every: int = 10,
-    max_to_keep: int = 2,
-    tensorboard: bool | None = None,
-    progress: bool = True,
-) -> SweepResult:
-    """Train every configuration for ``steps`` steps, all at once: :func:`rnnjax.fit` over a sweep.
+class StackedProgram:
+    """Many configurations trained together: an :class:`rnnjax.engine.Program` for
+    :func:`rnnjax.engine.drive`. Each group of configurations with the same static values is one
+    compiled program over their stacked states (``vmap``-ed, sharded over ``devices``); ``state``
+    is the tuple of the groups' stacked states. See :func:`run_sweep`."""
 
-    For each group of configurations with the same static values, the numeric values are stacked
-    (``[n]`` arrays: ints as int32, floats as float32), the states are built by
-    ``vmap(init_fn)``, and one jitted program runs a chunk of steps of every configuration: step
-    ``t`` is ``state, metrics = step_fn(state, batch_fn(config, t), config)`` (the same order as
-    :func:`rnnjax.fit`, so configuration ``i`` gives what training it alone with
-    ``fit(init_fn(configs[i]), ..., batch_fn=lambda t: batch_fn(configs[i], t))`` gives, to
-    float rounding). The sweep axis is sharded over ``devices`` (see the module docstring).
-
-    With ``workdir`` the sweep is resumable like ``fit``: the stacked states of each group are
-    checkpointed (``checkpoints/group_<g>/``, every ``ckpt_every`` steps and at the end) with
-    the metrics so far; calling ``run_sweep`` again with the same arguments continues from the
-    newest intact checkpoints and ends bitwise equal to an uninterrupted sweep (a larger ``steps``
-    extends it; changed configurations are refused, naming the keys). The directory also gets
-    ``metrics.npz`` (all metrics), TensorBoard events per configuration (``tb/config_<i>/``, every
-    ``log_every`` steps), ``loss.png`` and ``results.json``: the configurations, each one's final
-    metrics, ``params_sha256`` as a list in the order given, and the wall time summed over every
-    process that worked on the sweep.
-
-    Args:
-      configs: a list of dicts with the same keys (e.g. :func:`grid`).
-      init_fn: ``init_fn(config) -> TrainState``; numeric values are 0-d arrays, static values
-        as given. Build the optimizer from the configuration here (its hyperparameters become
-        array leaves of the state).
-      step_fn: ``step_fn(state, batch, config) -> (state, metrics)`` (e.g. :func:`sweep_step`).
-      batch_fn: ``batch_fn(config, step) -> batch`` with ``step`` a traced int32 scalar.
-      steps: number of training steps (>= 1).
-      static: keys whose values are static even if numeric (sizes: ``("hidden_size",)``).
-      devices: the devices to shard the sweep axis over (default ``jax.devices()``); one device
-        runs without sharding.
-      vmap_size: configurations run batched (``vmap``) at once on a device; the device's batches
-        run one after another (``lax.map``). ``None``: all of them. ``"auto"``: 1 on CPU (it
-        measured fastest there, see the module docstring), all elsewhere.
-      steps_per_call: steps per compiled call (default: all ``steps``, or up to the next
-        evaluation or checkpoint); smaller values bound the metrics kept on the device.
-      eval_fn: ``eval_fn(params, config) -> dict`` of scalars (traceable; run for every
-        configuration in one program) every ``eval_every`` steps and at the end.
-      eval_every: evaluation period in steps (None: only at the end).
-      workdir: the sweep's directory (see above); None keeps nothing on disk. One that holds a
-        sweep already beyond ``steps`` (the total) raises ``rnnjax.WorkdirError``.
-      ckpt_every: checkpoint period in steps with ``workdir`` (default: 1000) and at the end.
-      config: extra JSON-able settings recorded (and checked on resume) with the configurations.
-      log_every: TensorBoard period in steps (the metrics arrays hold every step).
-      max_to_keep: checkpoints kept per group.
-      tensorboard: write TensorBoard events (needs ``tensorboardX``); None: when installed.
-      progress: one progress bar for the whole sweep (steps, steps/s, ETA, best loss).
-
-    Returns:
-      A :class:`SweepResult`.
-    """
-    import time
-
-    from tqdm.auto import tqdm
-
-    from rnnjax import _workdir as wd
-    from rnnjax.checkpoint import params_sha256
-
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    for name, value in (("steps_per_call", steps_per_call), ("eval_every", eval_every),
-                        ("ckpt_every", ckpt_every)):
-        _check_count(name, value)
-    _check_count("log_every", log_every, allow_none=False)
-    _check_count("max_to_keep", max_to_keep, allow_none=False)
-    for name, fn in (("init_fn", init_fn), ("step_fn", step_fn), ("batch_fn", batch_fn)):
-        if not callable(fn):
-            raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
-    if eval_fn is not None and not callable(eval_fn):
-        raise TypeError(f"eval_fn must be callable (params, config) -> dict, got {type(eval_fn).__name__}")
-    if isinstance(static, str):
-        static = (static,)
-    configs = [dict(c) for c in configs] if isinstance(configs, Sequence) else configs
-    static_keys, numeric_keys = _split(configs, static)
-    vmap_size = _resolve_vmap_size(vmap_size)
-    devices = list(jax.devices() if devices is None else devices)
-    if not devices:
-        raise ValueError("devices must not be empty")
-    mesh = Mesh(np.asarray(devices), (AXIS,)) if len(devices) > 1 else None
-    n_dev = len(devices)
-    steps = int(steps)
-    if workdir is not None and ckpt_every is None:
-        ckpt_every = 1000
-    t_start = time.time()
-
-    run_dir = None
-    if workdir is not None:
-        run_dir = wd.Workdir(workdir, config={"configs": configs, "static": sorted(static_keys),
-                                              **dict(config or {})},
-                             steps=steps, write=jax.process_index() == 0)
-    use_tb = run_dir is not None and run_dir.write and (
-        wd.tensorboard_available() if tensorboard is None else tensorboard)
-
-    groups: dict[tuple, list[int]] = {}
-    for i, c in enumerate(configs):
-        groups.setdefault(tuple(_freeze(c[k]) for k in static_keys), []).append(i)
-
-    n = len(configs)
-    metrics: dict[str, np.ndarray] = {}
-    eval_metrics: dict[str, np.ndarray] = {}
-    eval_steps: list[int] = []
-    out_groups = []
-    bar = tqdm(total=steps * len(groups), disable=not progress or jax.process_index() != 0,
-               desc=f"sweep of {n}", dynamic_ncols=True, mininterval=0.5)
-    try:
-        for g, indices in enumerate(groups.values()):
+    def __init__(self, configs: list[dict[str, Any]], init_fn: Callable, step_fn: Callable,
+                 batch_fn: Callable, eval_fn: Callable | None, *, static: Sequence[str],
+                 devices: Sequence[jax.Device], vmap_size: int | None):
+        self.configs = configs
+        self.step_fn, self.batch_fn, self.eval_fn = step_fn, batch_fn, eval_fn
+        static_keys, self.numeric_keys = _split(configs, static)
+        self.static_keys = static_keys
+        n_dev = len(devices)
+        self.mesh = Mesh(np.asarray(devices), (AXIS,)) if n_dev > 1 else None
+        self.sharding = NamedSharding(self.mesh, PartitionSpec(AXIS)) if self.mesh is not None else None
+        self.device = devices[0]
+        by_static: dict[tuple, list[int]] = {}
+        for i, c in enumerate(configs):
+            by_static.setdefault(tuple(_freeze(c[k]) for k in static_keys), []).append(i)
+        self.groups: list[_Group] = []
+        states = []
+        for indices in by_static.values():
             members = [configs[i] for i in indices]
-            static_vals = {k: members[0][k] for k in static_keys}
             padded = members + [members[-1]] * (-len(members) % n_dev)
-            nums = _stack_numeric(padded, numeric_keys)
+            where = indices + [indices[-1]] * (len(padded) - len(members))
+            nums = _stack_numeric(padded, self.numeric_keys, where)
             nums[_INDEX] = np.arange(len(padded), dtype=np.int32)
+            static_vals = {k: members[0][k] for k in static_keys}
             init, run, evaluate = _cached_program(static_vals, init_fn, step_fn, batch_fn, eval_fn,
-                                                  mesh, vmap_size)
-            sharding = NamedSharding(mesh, PartitionSpec(AXIS)) if mesh is not None else None
-            if mesh is not None:
-                nums = {k: _global(v, sharding) for k, v in nums.items()}
-            else:
-                nums = {k: jax.device_put(v, devices[0]) for k, v in nums.items()}
+                                                  self.mesh, vmap_size)
+            placed = {k: self._place_array(v) for k, v in nums.items()}
+            g = _Group(static_vals, list(indices), len(padded), placed, init, run, evaluate)
             try:
-                state = init(nums)
+                state = init(placed)
             except TypeError as e:  # includes jax's ConcretizationTypeError & co.
                 raise TypeError(f"init_fn failed with {type(e).__name__}: {e}\nIf it needs a Python "
                                 f"value (e.g. a size) of a numeric key, name that key in static=...; "
-                                f"the numeric (swept, traced) keys are {numeric_keys}") from e
+                                f"the numeric (swept, traced) keys are {self.numeric_keys}") from e
             if not isinstance(state, TrainState):
                 raise TypeError(f"init_fn must return an rnnjax.TrainState, got {type(state).__name__}")
+            self.groups.append(g)
+            states.append(state)
+        self.state = tuple(states)
 
-            chunks: list[dict] = []
-            evals: list[dict] = []
-            g_eval_steps: list[int] = []
-            start = 0
-            ckpt = None
-            if run_dir is not None:
-                ckpt, state, start, chunks, evals, g_eval_steps = _resume_group(
-                    run_dir, g, state, sharding, devices[0], max_to_keep)
-                if start > steps:  # a smaller total would report the longer run as this one
-                    from rnnjax._workdir import WorkdirError
+    def _place_array(self, x: np.ndarray) -> jax.Array:
+        return _global(x, self.sharding) if self.sharding is not None else jax.device_put(x, self.device)
 
-                    raise WorkdirError(f"workdir {run_dir.path} holds a sweep already at step {start}, "
-                                       f"beyond steps={steps}; pass steps >= {start} to continue it, "
-                                       f"or another workdir for a new sweep")
-            bar.update(start)
-            events = None
-            if use_tb:
-                events = [wd.EventLog(run_dir.path / "tb" / f"config_{i:03d}",
-                                      purge_step=start or None) for i in indices]
-            t = start
-            while t < steps:
-                nb = _boundaries(t, steps, (steps_per_call, eval_every, ckpt_every))
-                k = nb - t
-                state, m = run(state, nums, jnp.asarray(t, jnp.int32), k)
-                m = _to_host(m)
-                chunks.append(m)
-                if events is not None:
-                    _log_events(events, m, t, log_every, prefix="train/")
-                t = nb
-                post = {}
-                if "loss" in m:
-                    last = np.asarray(m["loss"])[:len(indices), -1]
-                    if np.isfinite(last).any():
-                        post["best loss"] = f"{np.nanmin(np.where(np.isfinite(last), last, np.nan)):.4g}"
-                if evaluate is not None and ((eval_every and t % eval_every == 0) or t == steps):
-                    e = _to_host(evaluate(state, nums))
-                    evals.append(e)
-                    g_eval_steps.append(t)
-                    if events is not None:
-                        for j, ev in enumerate(events):
-                            ev.scalars(t, {key: float(np.asarray(v)[j]) for key, v in e.items()},
-                                       prefix="eval/")
-                if ckpt is not None and (t % ckpt_every == 0 or t == steps):
-                    _save_group(run_dir, g, ckpt, state, t, chunks, evals, g_eval_steps)
-                if run_dir is not None:
-                    run_dir.progress(0, t)
-                bar.set_postfix(post, refresh=False)
-                bar.update(k)
-            if events is not None:
-                for ev in events:
-                    ev.close()
-            if ckpt is not None:
-                ckpt.close()
-            m = {key: np.concatenate([np.asarray(c[key]) for c in chunks], axis=1)[:len(indices), :steps]
-                 for key in chunks[0]} if chunks else {}
-            _merge(metrics, m, indices, n)
-            if evals:
-                e = {key: np.stack([np.asarray(c[key]) for c in evals], axis=1)[:len(indices)]
-                     for key in evals[0]}
-                _merge(eval_metrics, e, indices, n)
-                if eval_steps and eval_steps != g_eval_steps:
-                    raise AssertionError("groups evaluated at different steps")
-                eval_steps = g_eval_steps
-            if len(padded) > len(indices):
-                state = jax.tree.map(lambda a: a[:len(indices)], state)
-            out_groups.append(SweepGroup(static_vals, list(indices), state))
-    finally:
-        bar.close()
-    result = SweepResult(configs=list(configs), metrics=metrics, groups=out_groups, steps=steps,
-                         eval_metrics=eval_metrics, eval_steps=np.asarray(eval_steps, np.int64))
-    if run_dir is not None:
-        _write_sweep_results(run_dir, result, params_sha256, time.time() - t_start)
-    return result
+    # -- checks
 
+    def check(self, start: int) -> None:
+        for g, state in zip(self.groups, self.state):
+            one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), state)
+            num = {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in g.nums.items() if k != _INDEX}
 
-def _merge(out: dict[str, np.ndarray], m: dict[str, np.ndarray], indices: list[int], n: int) -> None:
-    for key, v in m.items():
-        if key not in out:
-            out[key] = np.full((n,) + v.shape[1:], np.nan,
-                               v.dtype if v.dtype.kind == "f" else np.float64)
-        if out[key].shape[1:] != v.shape[1:]:
-            raise ValueError(f"metric {key!r} has shape {v.shape[1:]} in one group and "
-                             f"{out[key].shape[1:]} in another")
-        out[key][indices] = v
+            def step(s, u, g=g):
+                cfg = {**g.static, **u}
+                return self.step_fn(s, self.batch_fn(cfg, jnp.asarray(start, jnp.int32)), cfg)
 
+            try:
+                out = jax.eval_shape(step, one, num)
+            except jax.errors.ConcretizationTypeError as e:
+                raise TypeError(
+                    f"batch_fn(config, step), step_fn or a numeric config value needed a concrete "
+                    f"value while tracing: in a sweep, step and the numeric values of a "
+                    f"configuration are traced (make batches with jax ops such as "
+                    f"jax.random.fold_in(key, step); name size-setting keys in static=...): {e}") from e
+            engine.check_step_output("step_fn", out, TrainState)
+            eval_fn = self.eval_fn
+            if eval_fn is not None:
+                out = jax.eval_shape(lambda s, u, g=g, f=eval_fn: f(s.params, {**g.static, **u}), one, num)
+                engine.check_metrics("eval_fn", out, scalars_only=True)
+        errors = []
+        for i, hp in enumerate(self.hyperparams(self.state)):
+            errors += [f"configs[{i}] {self.configs[i]}: {e}" for e in hyperparameter_errors(hp)]
+        if errors:
+            raise ValueError("hyperparameters out of range (concrete values are checked before "
+                             "training; traced ones cannot be): " + "; ".join(errors[:8]))
 
-def _log_events(events, m: dict, t0: int, every: int, prefix: str) -> None:
-    k = np.asarray(next(iter(m.values()))).shape[1]
-    for i in range(k):
-        step = t0 + i + 1
-        if step % every:
-            continue
-        for j, ev in enumerate(events):
-            ev.scalars(step, {key: float(np.asarray(v)[j, i]) for key, v in m.items()
-                              if np.ndim(v) == 2}, prefix=prefix)
+    # -- steps
 
+    def start_step(self) -> int:
+        return 0
 
-def _group_files(run_dir, g: int):
-    return run_dir.path / "checkpoints" / f"group_{g}", run_dir.path / "checkpoints" / f"group_{g}_metrics"
+    def run(self, t: int, n: int, streak: np.ndarray, limit: int | None) -> engine.Chunk:
+        """The steps of every configuration, and the guard. The program itself runs unguarded,
+        so a configuration computes bit for bit what it computes without the guard, whatever the
+        others do; a configuration whose ``streak`` of non-finite steps reaches ``limit`` is then
+        put back to its last good state (its params and optimizer state did not change during the
+        non-finite steps, :func:`rnnjax.train_step`), and stays there: its later steps are
+        computed and discarded, their metrics NaN (``nonfinite`` 1)."""
+        out: dict[str, np.ndarray] = {}
+        states = []
+        for g, before in zip(self.groups, self.state):
+            state, m = g.run(before, g.nums, jnp.asarray(t, jnp.int32), n)
+            m = {key: np.array(v[:len(g.indices)]) for key, v in _to_host(m).items()}
+            if limit is not None and "nonfinite" in m:
+                state = self._freeze(g, before, state, m, t, streak[g.indices], limit)
+            states.append(state)
+            self._scatter(out, m, g.indices)
+        self.state = tuple(states)
+        return engine.Chunk(out)
 
+    def _freeze(self, g: _Group, before: Any, state: Any, m: dict[str, np.ndarray], t: int,
+                streak: np.ndarray, limit: int) -> Any:
+        """Members of group ``g`` whose streak reaches ``limit`` in this chunk (or had reached it)
+        get their last good state back in ``state``, and frozen metrics from then on (in ``m``)."""
+        n = m["nonfinite"].shape[1]
+        for j in range(len(g.indices)):
+            run, stop = int(streak[j]), None
+            if run >= limit:
+                stop = 0  # frozen before this chunk
+            else:
+                for i in range(n):
+                    run = run + 1 if m["nonfinite"][j, i] > 0 else 0
+                    if run >= limit:
+                        stop = i + 1
+                        break
+            if stop is None:
+                continue
+            last_good = t + stop - run  # the step count after the last finite step
+            if last_good > t:  # inside this chunk: run the group again up to it
+                source, _ = g.run(before, g.nums, jnp.asarray(t, jnp.int32), last_good - t)
+            else:
+                source = before
+            state = jax.tree.map(lambda a, b, j=j: a.at[j].set(b[j]), state, source)
+            for key, v in m.items():
+                if key == "nonfinite":
+                    v[j, stop:] = 1
+                elif v.dtype.kind == "f":
+                    v[j, stop:] = np.nan
+                else:
+                    v[j, stop:] = 0
+        return state
 
-def _save_group(run_dir, g, ckpt, state, t, chunks, evals, eval_steps) -> None:
-    """The group's metrics up to ``t`` (written first, named by step), then its states."""
-    from rnnjax.checkpoint import write_npz_atomic
+    def _scatter(self, out: dict[str, np.ndarray], m: dict[str, np.ndarray], indices: list[int]) -> None:
+        for key, v in m.items():
+            if key not in out:
+                out[key] = np.full((len(self.configs),) + v.shape[1:], np.nan,
+                                   v.dtype if v.dtype.kind == "f" else np.float32)
+            if out[key].shape[1:] != v.shape[1:]:
+                raise ValueError(f"metric {key!r} has shape {v.shape[1:]} in one group and "
+                                 f"{out[key].shape[1:]} in another")
+            out[key][indices] = v
 
-    _, mdir = _group_files(run_dir, g)
-    if run_dir.write:
-        mdir.mkdir(parents=True, exist_ok=True)
-        arrays = {f"train/{key}": np.concatenate([np.asarray(c[key]) for c in chunks], axis=1)
-                  for key in chunks[0]}
-        if evals:
-            arrays.update({f"eval/{key}": np.stack([np.asarray(c[key]) for c in evals], axis=1)
-                           for key in evals[0]})
-        arrays["eval_steps"] = np.asarray(eval_steps, np.int64)
-        write_npz_atomic(mdir / f"{t}.npz", arrays)
-    ckpt.save(_to_host_state(state), step=t)
-    if run_dir.write:
-        keep = set(ckpt.steps())
-        for f in mdir.glob("*.npz"):
-            if f.stem.isdigit() and int(f.stem) not in keep:
-                f.unlink()
+    def evaluate(self) -> dict[str, np.ndarray] | None:
+        if self.eval_fn is None:
+            return None
+        out: dict[str, np.ndarray] = {}
+        for g, state in zip(self.groups, self.state):
+            e = _to_host(g.evaluate(state, g.nums))  # type: ignore[misc]
+            self._scatter(out, {key: v[:len(g.indices)] for key, v in e.items()}, g.indices)
+        return out
 
+    # -- state
 
-def _resume_group(run_dir, g, template, sharding, device, max_to_keep):
-    """``(checkpointer, state, step, chunks, evals, eval_steps)`` of group ``g``: restored from its
-    newest intact checkpoint with the metrics saved at that step, or the fresh state at step 0."""
-    from rnnjax.checkpoint import Checkpointer
+    def host_state(self) -> Any:
+        return tuple(_to_host_state(s) for s in self.state)
 
-    cdir, mdir = _group_files(run_dir, g)
-    ckpt = Checkpointer(cdir, max_to_keep=max_to_keep)
-    restored = ckpt.restore_latest(_to_host_state(template))
-    if restored is None:
-        return ckpt, template, 0, [], [], []
-    step = int(np.asarray(restored.step).reshape(-1)[0])
-    # the metrics are written before the states, so they exist for every finished checkpoint
-    with np.load(mdir / f"{step}.npz") as z:
-        train = {k[6:]: z[k] for k in z.files if k.startswith("train/")}
-        ev = {k[5:]: z[k] for k in z.files if k.startswith("eval/")}
-        eval_steps = [int(s) for s in z["eval_steps"]]
-    evals = [{k: v[:, i] for k, v in ev.items()} for i in range(len(eval_steps))]
-    state = jax.tree.map(lambda h, tpl: _place(h, tpl, sharding, device), restored, template)
-    return ckpt, state, step, [train] if train else [], evals, eval_steps
+    def load(self, host_state: Any) -> None:
+        self.state = tuple(jax.tree.map(lambda h, like: _place(h, like, self.sharding, self.device), h, s)
+                           for h, s in zip(host_state, self.state))
+
+    def hyperparams(self, state: Any) -> list[dict[str, float]]:
+        out: list[dict[str, float]] = [{} for _ in self.configs]
+        for g, s in zip(self.groups, state):
+            hp = engine.opt_hyperparams(s.opt_state) or {}
+            host = {k: np.asarray(jax.device_get(_to_host(v) if isinstance(v, jax.Array) else v))
+                    for k, v in hp.items()}
+            for j, i in enumerate(g.indices):
+                out[i] = {k: float(v[j]) for k, v in host.items() if v.ndim == 1}
+        return out
+
+    def with_hyperparams(self, host_state: Any, template: Any) -> Any:
+        out = []
+        for h, t in zip(host_state, template):
+            hp = engine.opt_hyperparams(t.opt_state)
+            out.append(h if hp is None else h.replace(opt_state=h.opt_state._replace(hyperparams=hp)))
+        return tuple(out)
+
+    def params_sha256(self) -> list[str]:
+        out = [""] * len(self.configs)
+        for g, s in zip(self.groups, self.state):
+            params = _to_host(s.params)
+            for j, i in enumerate(g.indices):
+                out[i] = params_sha256(jax.tree.map(lambda a, j=j: a[j], params))
+        return out
+
+    def num_params(self) -> list[int]:
+        out = [0] * len(self.configs)
+        for g, s in zip(self.groups, self.state):
+            n = int(sum(np.prod(np.shape(x)[1:]) for x in jax.tree_util.tree_leaves(s.params)))
+            for i in g.indices:
+                out[i] = n
+        return out
+
+    def result_groups(self) -> list[SweepGroup]:
+        """The groups with their final states (padding removed)."""
+        out = []
+        for g, s in zip(self.groups, self.state):
+            if g.size > len(g.indices):
+                s = jax.tree.map(lambda a, k=len(g.indices): a[:k], s)
+            out.append(SweepGroup(g.static, list(g.indices), s))
+        return out
 
 
 def _place(host: Any, like: jax.Array, sharding, device) -> jax.Array:
@@ -844,37 +793,110 @@ def _to_host_state(state: Any) -> Any:
     return jax.tree.map(one, state)
 
 
-def _write_sweep_results(run_dir, result: "SweepResult", params_sha256, elapsed: float) -> None:
-    from rnnjax import _workdir as wd
+# ----------------------------------------------------------------------------- run
 
-    finals = []
-    for i in range(len(result)):
-        f = {key: float(v[i, -1]) for key, v in result.metrics.items() if v.ndim == 2}
-        f.update({f"eval_{key}": float(v[i, -1]) for key, v in result.eval_metrics.items() if v.ndim == 2})
-        finals.append(f)
-    shas = [params_sha256(_to_host(result.state(i).params)) for i in range(len(result))]
-    sessions = run_dir.sessions()  # one reading of the clock for both fields
-    results = {
-        "config": run_dir.config,
-        "configs": wd._jsonable(result.configs),
-        "steps": result.steps,
-        "final": finals,
-        "params_sha256": shas,
-        "eval_steps": [int(s) for s in result.eval_steps],
-        "wall_time_s": run_dir.total_wall_time(sessions),
-        "wall_time_this_process_s": elapsed,
-        "sessions": sessions,
-    }
-    run_dir.results(results)
-    if run_dir.write:
-        from rnnjax.checkpoint import write_npz_atomic
 
-        arrays = {f"train/{k}": v for k, v in result.metrics.items()}
-        arrays.update({f"eval/{k}": v for k, v in result.eval_metrics.items()})
-        arrays["eval_steps"] = result.eval_steps
-        write_npz_atomic(run_dir.path / "metrics.npz", arrays)
-        if "loss" in result.metrics:
-            import matplotlib.pyplot as plt
+def run_sweep(
+    configs: Sequence[Mapping[str, Any]],
+    init_fn: Callable[[dict[str, Any]], TrainState],
+    step_fn: Callable[[TrainState, Any, dict[str, Any]], tuple[TrainState, dict[str, jax.Array]]],
+    batch_fn: Callable[[dict[str, Any], jax.Array], Any],
+    *,
+    steps: int,
+    static: Sequence[str] = (),
+    devices: Sequence[jax.Device] | None = None,
+    vmap_size: int | str | None = "auto",
+    chunk: int | None = None,
+    eval_fn: Callable[[Any, dict[str, Any]], dict[str, jax.Array]] | None = None,
+    eval_every: int | None = None,
+    workdir: str | None = None,
+    ckpt_every: int | None = None,
+    config: Mapping[str, Any] | None = None,
+    log_every: int = engine.DEFAULTS["log_every"],
+    max_to_keep: int = engine.DEFAULTS["max_to_keep"],
+    max_consecutive_nonfinite: int | None = engine.DEFAULTS["max_consecutive_nonfinite"],
+    callback: Callable[[Any, dict[str, Any]], None] | None = None,
+    tensorboard: bool | None = None,
+    baseline: float | None = None,
+    override_hyperparams: bool = False,
+    progress: bool = True,
+) -> SweepResult:
+    """Train every configuration for ``steps`` steps, all at once: the engine of :func:`rnnjax.fit`
+    over a :class:`StackedProgram`.
 
-            fig = result.plot(str(run_dir.path / "loss.png"))
-            plt.close(fig)
+    For each group of configurations with the same static values, the numeric values are stacked
+    (``[n]`` arrays: ints as int32, floats as float32), the states are built by
+    ``vmap(init_fn)``, and one jitted program runs a chunk of steps of every configuration: step
+    ``t`` is ``state, metrics = step_fn(state, batch_fn(config, t), config)`` (the same order as
+    :func:`rnnjax.fit`, so configuration ``i`` gives what training it alone gives, to float
+    rounding). The sweep axis is sharded over ``devices`` (see the module docstring).
+
+    The same loop as :func:`rnnjax.fit` (:func:`rnnjax.engine.drive`), with the same defaults and
+    guarantees: the per-configuration **non-finite guard** (a configuration whose step is
+    non-finite ``max_consecutive_nonfinite`` times in a row is frozen at its last good state and
+    reported in ``result.diverged`` and ``results.json``, with the step, while the others train
+    on, bit for bit as without it); checks before training (the step's and ``eval_fn``'s outputs,
+    the concrete hyperparameters of every configuration, naming it); with ``workdir``: the lock,
+    checkpoints of all states with the history (``ckpt_every``, at the end and on an exception),
+    bitwise resume, ``metrics.jsonl`` (one line per configuration and recorded step, with its
+    index ``config``), TensorBoard events per configuration (``tb/config_<i>/``), ``loss.png`` and
+    ``results.json``.
+
+    Args:
+      configs: a list of dicts with the same keys (e.g. :func:`grid`).
+      init_fn: ``init_fn(config) -> TrainState``; numeric values are 0-d arrays, static values
+        as given. Build the optimizer from the configuration here.
+      step_fn: ``step_fn(state, batch, config) -> (state, metrics)`` (e.g. :func:`sweep_step`).
+      batch_fn: ``batch_fn(config, step) -> batch`` with ``step`` a traced int32 scalar.
+      steps: number of training steps.
+      static: keys whose values are static even if numeric (sizes: ``("hidden_size",)``).
+      devices: the devices to shard the sweep axis over (default ``jax.devices()``).
+      vmap_size: configurations run batched (``vmap``) at once on a device; the device's batches
+        run one after another (``lax.map``). ``None``: all of them. ``"auto"``: 1 on CPU, all
+        elsewhere (see the module docstring).
+      chunk: steps per compiled call (default 100), as in :func:`rnnjax.fit`.
+      eval_fn: ``eval_fn(params, config) -> dict`` of scalars (traceable; run for every
+        configuration in one program) every ``eval_every`` steps and at the end.
+      eval_every: evaluation period in steps (None: only at the end).
+      workdir: the sweep's directory; None keeps nothing on disk.
+      ckpt_every: checkpoint period in steps with ``workdir`` (default 1000) and at the end.
+      config: extra JSON-able settings recorded (and checked on resume) with the configurations.
+      log_every: record the metrics every this many steps (and the last step, and every
+        non-finite one) in the history, ``metrics.jsonl`` and TensorBoard.
+      max_to_keep: checkpoints kept.
+      max_consecutive_nonfinite: freeze a configuration after this many consecutive non-finite
+        steps (None: never).
+      callback: ``callback(states, record)`` for every step after its chunk ran and after the
+        evaluation; ``states`` is the tuple of the groups' stacked states, ``record`` holds
+        ``step`` and each metric as an array ``[n_configs]`` (and ``eval_<name>``).
+      tensorboard: write TensorBoard events (needs ``tensorboardX``); None: when installed.
+      baseline: a reference loss drawn in ``loss.png``.
+      override_hyperparams: on resume, continue with the hyperparameters ``init_fn`` makes now.
+      progress: one progress bar for the whole sweep.
+
+    Returns:
+      A :class:`SweepResult`.
+    """
+    for name, fn in (("init_fn", init_fn), ("step_fn", step_fn), ("batch_fn", batch_fn)):
+        check_callable(name, fn, "(see run_sweep's docstring)")
+    check_callable("eval_fn", eval_fn, "(params, config) -> dict of scalars", allow_none=True)
+    if isinstance(static, str):
+        static = (static,)
+    if isinstance(configs, Sequence) and not isinstance(configs, (str, Mapping)):
+        configs = [dict(c) for c in configs]
+    devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("devices must not be empty")
+    program = StackedProgram(configs, init_fn, step_fn, batch_fn, eval_fn, static=static,  # type: ignore[arg-type]
+                             devices=devices, vmap_size=_resolve_vmap_size(vmap_size))
+    run_config = None if workdir is None else {"configs": configs, "static": sorted(program.static_keys),
+                                               **dict(config or {})}
+    settings = engine.Settings(
+        steps=steps, workdir=workdir, config=run_config, chunk=chunk, ckpt_every=ckpt_every,
+        eval_every=eval_every, log_every=log_every, max_to_keep=max_to_keep,
+        max_consecutive_nonfinite=max_consecutive_nonfinite, callback=callback, progress=progress,
+        tensorboard=tensorboard, baseline=baseline, override_hyperparams=override_hyperparams,
+        label=f"sweep of {len(configs)}", sweep=True)
+    summary = engine.drive(program, settings)
+    return SweepResult(configs=list(program.configs), groups=program.result_groups(), steps=int(steps),
+                       **{f.name: getattr(summary, f.name) for f in dataclasses.fields(engine.RunSummary)})

@@ -88,7 +88,7 @@ PROCESS = textwrap.dedent('''
     state, h = rnnjax.fit(state0, step_fn, local_batch, steps=steps, progress=False, mesh=mesh,
                           batch_axes=(1, 0), workdir=workdir, ckpt_every=2, config={"B": B})
     if jax.process_index() == 0:
-        np.save(workdir + "/params.npy", flat(rnnjax.train._Placement(mesh, 0).to_host(state)))
+        np.save(workdir + "/params.npy", flat(rnnjax.engine.Placement(mesh, 0).to_host(state)))
 ''')
 
 

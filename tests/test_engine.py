@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import rnnjax
-from rnnjax import _workdir
+from rnnjax import engine
 from rnnjax.checkpoint import params_sha256
 
 H, T, B = 6, 7, 4
@@ -76,11 +76,11 @@ def test_workdir_resume_is_bitwise_and_writes_the_run_files(tmp_path):
     assert h["eval_step"] == [6, 8, 12] and h_full["eval_step"] == [6, 12]
     assert [h["eval_loss"][0], h["eval_loss"][2]] == h_full["eval_loss"]
     res = json.loads((tmp_path / "cut" / "results.json").read_text())
-    assert res["params_sha256"] == params_sha256(full.params)
+    assert res["params_sha256"] == [params_sha256(full.params)]  # indexed by configuration
     assert res["resumed_from_step"] == 8 and res["steps"] == 12
     assert len(res["sessions"]) == 2  # the wall time is summed over both processes' sessions
     assert res["wall_time_s"] == pytest.approx(sum(s["wall_time_s"] for s in res["sessions"]))
-    assert res["final"]["eval_loss"] == h_full["eval_loss"][-1]
+    assert res["final"][0]["eval_loss"] == h_full["eval_loss"][-1]
     assert res["config"] == {"lr": 1e-2, "cell": "gru"}
     lines = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if r["kind"] == "train"] == list(range(1, 13))
@@ -132,7 +132,7 @@ def test_unwritable_workdir_error_names_the_path(tmp_path, monkeypatch):
     def deny(self, *a, **k):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(_workdir.Path, "write_text", deny)
+    monkeypatch.setattr(engine.Path, "write_text", deny)
     with pytest.raises(ValueError, match=f"workdir {tmp_path / 'run'} cannot be written: Permission denied"):
         rnnjax.fit(state, step_fn, batch_fn, steps=2, workdir=tmp_path / "run", progress=False)
 
@@ -141,7 +141,7 @@ def test_tensorboard_events_hold_every_logged_step(tmp_path):
     state, step_fn, batch_fn, eval_fn = _setup()
     _, h = rnnjax.fit(state, step_fn, batch_fn, steps=6, ckpt_every=3, workdir=tmp_path,
                       eval_fn=eval_fn, eval_every=3, progress=False, tensorboard=True)
-    ev = _workdir.read_events(tmp_path)
+    ev = engine.read_events(tmp_path)
     assert [s for s, _ in ev["train/loss"]] == list(range(1, 7))
     np.testing.assert_allclose([v for _, v in ev["train/loss"]], h["loss"], rtol=1e-6)
     np.testing.assert_allclose([v for _, v in ev["eval/loss"]], h["eval_loss"], rtol=1e-6)

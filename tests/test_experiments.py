@@ -46,8 +46,8 @@ def _results(workdir):
 def _check_outputs(workdir, steps):
     workdir = Path(workdir)
     res = _results(workdir)
-    assert res["steps"] == steps and len(res["params_sha256"]) == 64
-    assert res["num_params"] > 0 and res["wall_time_s"] > 0 and "config" in res
+    assert res["steps"] == steps and len(res["params_sha256"][0]) == 64  # indexed by configuration
+    assert res["num_params"][0] > 0 and res["wall_time_s"] > 0 and "config" in res
     lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in lines if r["kind"] == "train"]
     assert [r["step"] for r in train] == list(range(1, steps + 1))
@@ -84,7 +84,7 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     resumed, uninterrupted = _check_outputs(killed_dir, 30), _check_outputs(tmp_path / "full", 30)
     assert resumed["resumed_from_step"] >= 2
     assert resumed["params_sha256"] == uninterrupted["params_sha256"]
-    assert resumed["final"]["eval_mse"] == uninterrupted["final"]["eval_mse"]
+    assert resumed["final"][0]["eval_mse"] == uninterrupted["final"][0]["eval_mse"]
     # running the finished command once more changes nothing
     again = subprocess.run(_cmd("adding", killed_dir, *args), env=_env(), capture_output=True,
                            text=True, timeout=300)
@@ -158,12 +158,12 @@ def test_script_end_to_end_tiny(name, tmp_path, capsys):
                     "--eval-every", "2", "--chunk", "2", *TINY[name]])
     _check_outputs(tmp_path / name, 4)
     assert sorted(int(p.name) for p in (tmp_path / name / "checkpoints").iterdir()) == [2, 4]
-    final = res["final"]
+    final = res["final"][0]
     if name in ("mnist1d", "seq_digits"):
         assert 0.0 <= final["eval_accuracy"] <= 1.0
         assert "parameters" in capsys.readouterr().out
     if name == "mnist1d":  # the evaluation set is the 1000 test sequences
-        saved = json.loads((tmp_path / name / "results.json").read_text())["final"]
+        saved = json.loads((tmp_path / name / "results.json").read_text())["final"][0]
         assert saved["test_accuracy"] == pytest.approx(final["eval_accuracy"], abs=1e-6)
     if name == "forecast":
         for k in ("model_mae", "model_rmse", "naive_mae", "naive_rmse"):

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -149,6 +150,14 @@ SCRIPT_SUBSTITUTIONS = {
 }
 
 
+# The script's params_sha256 with the substitutions above, recorded with the engine as it was
+# before fit and run_sweep became one loop (commit 205d7d4), on the machine named here: XLA's CPU
+# code differs between instruction sets, so elsewhere the test compares with a plain loop instead.
+# (Under the suite's XLA flags, tests/conftest.py; the default flags give 9867e2c2...)
+PINNED = {"cpu": "AMD EPYC", "cpu_isa": "avx2 fma avx", "jax": "0.10.2",
+          "params_sha256": "5a64fe49c8e1b998446b676a4e2bc7e7320098a533a3076935e21f7f96fd277a"}
+
+
 def test_readme_user_script_trains_and_resumes(tmp_path, capsys):
     code = _block("### A script of your own")
     for old, new in SCRIPT_SUBSTITUTIONS.items():
@@ -159,8 +168,18 @@ def test_readme_user_script_trains_and_resumes(tmp_path, capsys):
     exec(compile(code, "README.md", "exec"), first)
     out = json.loads((tmp_path / "run" / "results.json").read_text())
     assert out["steps"] == 6 and out["config"] == {"T": 8, "B": 4, "H": 6, "lr": 3e-3}
-    assert out["final"]["eval_mse"] == pytest.approx(first["history"]["eval_mse"][-1])
+    assert out["final"][0]["eval_mse"] == pytest.approx(first["history"]["eval_mse"][-1])
     assert "test MSE" in capsys.readouterr().out
+    m = rnnjax.machine()
+    if (m["cpu"], m["cpu_isa"], m["jax"]) == (PINNED["cpu"], PINNED["cpu_isa"], PINNED["jax"]):
+        assert out["params_sha256"] == [PINNED["params_sha256"]]
+    # the engine's result is a loop of the jitted step over the same batches
+    state = rnnjax.TrainState.create(first["params"], first["tx"], key=first["k_run"])
+    step = jax.jit(rnnjax.train_step(first["loss_fn"], first["tx"]))
+    for t in range(6):
+        state, _ = step(state, first["batch_fn"](t))
+    for a, b in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(first["state"].params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     # running it again finds the finished run: same parameters, nothing retrained
     again = {}
     exec(compile(code, "README.md", "exec"), again)

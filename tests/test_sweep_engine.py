@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import rnnjax
-from rnnjax import _workdir, sweep
+from rnnjax import engine, sweep
 from rnnjax.checkpoint import params_sha256
 
 H, D, T, B = 5, 2, 6, 4
@@ -94,7 +94,7 @@ def test_results_json_lists_each_configuration(full):
     assert out["final"][3]["loss"] == pytest.approx(float(res.metrics["loss"][3, -1]))
     assert out["final"][3]["eval_loss"] == pytest.approx(float(res.eval_metrics["loss"][3, -1]))
     assert (d / "loss.png").stat().st_size > 0
-    ev = _workdir.read_events(d / "tb" / "config_002")
+    ev = engine.read_events(d / "tb" / "config_002")
     assert [s for s, _ in ev["eval/loss"]] == [4, 8]
     np.testing.assert_allclose([v for _, v in ev["eval/loss"]], res.eval_metrics["loss"][2], rtol=1e-6)
 
@@ -129,7 +129,7 @@ def test_extending_a_sweep_equals_the_longer_sweep(tmp_path):
 
 def test_a_sweep_already_beyond_steps_is_refused(tmp_path):
     run(4, workdir=tmp_path)
-    with pytest.raises(ValueError, match=r"already at step 4, beyond steps=2; pass steps >= 4"):
+    with pytest.raises(ValueError, match=r"already at step 4, beyond steps=2 \(the total number of steps\); pass steps >= 4"):
         run(2, workdir=tmp_path)
 
 

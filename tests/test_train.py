@@ -9,7 +9,7 @@ import pytest
 
 import rnnjax
 from rnnjax import losses
-from rnnjax.train import (NonFiniteError, TrainState, current_learning_rate, evaluate, fit, optimizer,
+from rnnjax import (NonFiniteError, TrainState, current_learning_rate, evaluate, fit, optimizer,
                           train_step)
 
 

@@ -69,7 +69,7 @@ SWEEP_SCRIPT = textwrap.dedent('''
 
     sweep.run_sweep(sweep.grid(lr=[3e-3, 1e-2], seed=[0, 1]), init_fn,
                     sweep.sweep_step(loss_fn, make_tx), batch_fn, steps=steps, workdir=workdir,
-                    ckpt_every=5, steps_per_call=5, progress=False, devices=jax.devices()[:1])
+                    ckpt_every=5, chunk=5, progress=False, devices=jax.devices()[:1])
 ''')
 
 
