@@ -10,7 +10,7 @@ JOBS ?= 2
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e '.[plot]'
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.core
@@ -24,7 +24,10 @@ $(VENV)/.docs: $(VENV)/.core
 demo: $(VENV)/.core
 	$(PY) benchmarks/vanishing.py --quick --out out/demo
 
+# The linters first (configured in pyproject.toml): a finding fails the run, as a failing test does.
 test: $(VENV)/.dev
+	$(VENV)/bin/ruff check rnnjax
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -n $(JOBS) --dist worksteal
 
 test-slow: $(VENV)/.dev

@@ -1,6 +1,7 @@
 """Sequential (``lax.scan``) vs parallel (``lax.associative_scan``) unroll of linear cells.
 
-For each cell (lru, mingru, minlstm) and sequence length T, times with ``jax.jit``:
+For each cell with an associative-scan path (the cells of ``rnnjax.registry`` with
+``parallel=True``: lru, mingru, minlstm, linoss, rglru) and sequence length T, times with ``jax.jit``:
 
 - ``forward``: ``rnnjax.unroll(cell, params, xs, parallel=...)``;
 - ``train``: one training step, ``jax.grad`` of an MSE loss on the outputs plus an
@@ -33,15 +34,25 @@ import optax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from rnnjax.cells.lru import lru  # noqa: E402
-from rnnjax.cells.minimal import mingru, minlstm  # noqa: E402
+from rnnjax import registry  # noqa: E402
 from rnnjax.unroll import unroll  # noqa: E402
 
-CELLS = {
-    "lru": lambda H: lru(H, H),
-    "mingru": lambda H: mingru(H),
-    "minlstm": lambda H: minlstm(H),
-}
+# the cells of rnnjax.registry whose recurrence is linear in the carry (cell.linear): the others
+# have no parallel path to compare
+CELLS = tuple(name for name, spec in registry.CELLS.items() if spec.parallel)
+
+
+def cell_name(text: str) -> str:
+    """``--cells`` entry: a registry cell with a parallel path, or an error naming those that have one."""
+    try:
+        registry.spec(text)
+    except ValueError as e:  # an unknown name: the message names every registered cell
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if text not in CELLS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no associative-scan path (its recurrence is not linear in the carry); "
+            f"the cells with one: {', '.join(CELLS)}")
+    return text
 
 
 def machine() -> dict:
@@ -68,7 +79,7 @@ def median_time(fn, args, repeats: int) -> float:
 
 
 def bench_one(name: str, T: int, B: int, H: int, parallel: bool, repeats: int) -> dict:
-    cell = CELLS[name](H)
+    cell = registry.cell(name, H, T)
     params = cell.init(jax.random.key(0), H)
     xs = jax.random.normal(jax.random.key(1), (T, B, H), jnp.float32)
     target = jax.random.normal(jax.random.key(2), (T, B, H), jnp.float32)
@@ -155,7 +166,8 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
+    ap.add_argument("--cells", nargs="+", default=list(CELLS), type=cell_name, metavar="CELL",
+                    help=f"cells with a parallel path, among {', '.join(CELLS)}")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: T in 16 64, batch 2, hidden 8, 2 repeats, one cell")
     args = ap.parse_args(argv)

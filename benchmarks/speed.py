@@ -60,6 +60,11 @@ rematerialisation with at most 10% of the plain scan's memory at at most 1.5x it
     python benchmarks/speed.py --long --out out/speed          # plus the T=65536 study
     python benchmarks/speed.py --quick --out out/speed-quick   # a smoke run (tiny sizes)
 
+``--cells`` takes any cell of ``rnnjax.registry`` (default: lstm, gru). The peers implement
+LSTM and GRU only (``PEER_CELLS``); every other cell is timed by ``rnnjax`` and ``rnnjax_plain``
+alone, built as ``rnnjax.registry.cell(name, H, T)``, with no FLOP floor (the matmul count above
+is LSTM's and GRU's).
+
 Writes ``speed.json``, ``speed.md`` (also printed) and ``speed.png`` to ``--out``.
 """
 
@@ -88,9 +93,11 @@ import optax
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import rnnjax  # noqa: E402
-from rnnjax._workdir import cpu_isa  # noqa: E402
+from rnnjax import machine as rnnjax_machine  # noqa: E402
+from rnnjax import registry  # noqa: E402
 
-CELLS = ("lstm", "gru")
+CELLS = registry.names()  # what --cells accepts: every registered cell
+PEER_CELLS = ("lstm", "gru")  # the cells the peers implement, and the default of --cells
 GATES = {"lstm": 4, "gru": 3}
 MODES = ("train", "forward")
 DEFAULT_SIZES = "32x256x32x256,8x1000x32x128,128x64x32x512"
@@ -119,6 +126,9 @@ IMPLS: dict[str, tuple[str, dict[str, str]]] = {
                               "gru": "plain lax.scan, input projection hoisted"}),
     "cudnn": ("peer", {"lstm": "jax.experimental.rnn (cuDNN)"}),
 }
+for _name in CELLS:  # every registered cell has the default and the plain rnnjax rows
+    IMPLS["rnnjax"][1].setdefault(_name, f"rnnjax unroll({_name}) (default)")
+    IMPLS["rnnjax_plain"][1].setdefault(_name, "rnnjax (plain scan over apply)")
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -160,13 +170,16 @@ def make_tx() -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(CLIP_NORM), optax.adam(LEARNING_RATE))
 
 
-def forward_flops(cell: str, s: Size) -> float:
-    """Matmul FLOPs of one forward pass: ``2 B T (D + H) G H``."""
+def forward_flops(cell: str, s: Size) -> float | None:
+    """Matmul FLOPs of one forward pass: ``2 B T (D + H) G H`` (LSTM, GRU); None for other cells."""
+    if cell not in GATES:
+        return None
     return 2.0 * s.B * s.T * (s.D + s.H) * GATES[cell] * s.H
 
 
-def step_flops(cell: str, s: Size, mode: str) -> float:
-    return forward_flops(cell, s) * (3.0 if mode == "train" else 1.0)
+def step_flops(cell: str, s: Size, mode: str) -> float | None:
+    flops = forward_flops(cell, s)
+    return None if flops is None else flops * (3.0 if mode == "train" else 1.0)
 
 
 def cpu_model() -> str:
@@ -257,7 +270,7 @@ def jax_runner(apply: Callable[[Any, Any], Any], params: Any, xs: Any) -> Runner
 
 def path_note(impl: str, cell: str, s: Size) -> str:
     """For the default rnnjax row, the arrangement ``projection="auto"`` picks at this size."""
-    if impl not in ("rnnjax", "rnnjax_after"):
+    if impl not in ("rnnjax", "rnnjax_after") or cell not in PEER_CELLS:
         return ""
     from rnnjax.cells.fused import resolve_projection
 
@@ -266,7 +279,10 @@ def path_note(impl: str, cell: str, s: Size) -> str:
 
 def build_rnnjax(cell_name: str, s: Size, key, plain: bool, projection: str = "auto",
                  **kwargs) -> Runner:
-    cell = {"lstm": rnnjax.lstm, "gru": rnnjax.gru}[cell_name](s.H, projection=projection, **kwargs)
+    if cell_name in PEER_CELLS:
+        cell = {"lstm": rnnjax.lstm, "gru": rnnjax.gru}[cell_name](s.H, projection=projection, **kwargs)
+    else:  # only the default and plain rows exist for the other registered cells
+        cell = registry.cell(cell_name, s.H, s.T)
     if plain:  # a Cell rebuilt from its three functions has no fast path: lax.scan over apply
         cell = rnnjax.Cell(cell.init, cell.initial_carry, cell.apply)
     params = cell.init(key, s.D)
@@ -499,7 +515,8 @@ def run_grid(sizes: list[Size], cells: list[str], impls: list[str], modes: list[
                     row = {"size": s._asdict(), "cell": cell, "impl": impl,
                            "label": labels[cell] + path_note(impl, cell, s),
                            "family": family, "mode": mode, "flops": step_flops(cell, s, mode)}
-                    row["floor_ms"] = 1e3 * row["flops"] / (gemm_gflops * 1e9)
+                    row["floor_ms"] = (None if row["flops"] is None
+                                       else 1e3 * row["flops"] / (gemm_gflops * 1e9))
                     if runner is None:
                         row["error"] = build_error
                     else:
@@ -519,7 +536,8 @@ def run_grid(sizes: list[Size], cells: list[str], impls: list[str], modes: list[
             for row, _ in group:
                 if "error" not in row:
                     row["median_ms"] = statistics.median(row["times_ms"])
-                    row["x_floor"] = row["median_ms"] / row["floor_ms"]
+                    row["x_floor"] = (None if row["floor_ms"] is None
+                                      else row["median_ms"] / row["floor_ms"])
                 rows.append(row)
                 msg = (f"{row['median_ms']:10.3f} ms (compile {row['compile_s']:.2f} s)"
                        if "median_ms" in row else f"ERROR {row['error']}")
@@ -718,6 +736,10 @@ def markdown(info: dict, rows: list[dict], sizes: list[Size], cells: list[str],
              f"mean(hs^2). x JAX peer: time / fastest of flax, equinox, haiku and the hand-written "
              f"scan (same size, cell, mode); x peer: the same with torch included. x floor: time / "
              f"(matmul FLOPs at the GEMM rate).", ""]
+    lone = [c for c in cells if c not in PEER_CELLS]
+    if lone:
+        lines += [f"The peers implement {' and '.join(PEER_CELLS)} only: {', '.join(lone)} "
+                  f"{'is' if len(lone) == 1 else 'are'} timed by rnnjax alone (no FLOP floor).", ""]
     by = {(tuple(r["size"].values()), r["cell"], r["impl"], r["mode"]): r for r in rows}
     for s in sizes:
         lines += [f"## {s}", "",
@@ -793,7 +815,8 @@ def plot(path: str, rows: list[dict], sizes: list[Size], cells: list[str], backe
                 if k.startswith("rnnjax"):
                     tick.set_fontweight("bold")
             ax.invert_yaxis()
-            ax.set_xscale("log")
+            if any(r.get("median_ms", 0) > 0 for r in sel):  # (a cell whose every row failed: none)
+                ax.set_xscale("log")
             ax.set_xlabel("median ms (log)")
             ax.set_title(f"{cell}, {s} ({backend})", fontsize=9)
             ax.grid(True, axis="x", which="both", alpha=0.3)
@@ -811,7 +834,7 @@ def plot(path: str, rows: list[dict], sizes: list[Size], cells: list[str], backe
 def machine(gemm: dict, repeats: int) -> dict:
     return {
         "cpu_model": cpu_model(),
-        "cpu_isa": cpu_isa(),
+        "cpu_isa": rnnjax_machine()["cpu_isa"],
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -838,7 +861,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default="out/speed", help="output folder")
     ap.add_argument("--sizes", default=None,
                     help=f"comma list of BxTxDxH; None: {DEFAULT_SIZES} ({QUICK_SIZES} with --quick)")
-    ap.add_argument("--cells", default=",".join(CELLS), help="comma list of lstm, gru")
+    ap.add_argument("--cells", default=",".join(PEER_CELLS),
+                    help=f"comma list of rnnjax.registry cells ({', '.join(CELLS)}); the peers "
+                         f"implement {' and '.join(PEER_CELLS)} only: the other cells are timed by "
+                         f"rnnjax and rnnjax_plain alone")
     ap.add_argument("--modes", default=",".join(MODES), help="comma list of train, forward")
     ap.add_argument("--impls", default=",".join(IMPLS),
                     help="comma list of implementations to try (those not installed are skipped)")
@@ -914,6 +940,10 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(os.cpu_count() or 1)
     print("flags:", vars(args))
     print("implementations found:", ", ".join(impls) or "none")
+    lone = [c for c in cells if c not in PEER_CELLS]
+    if lone and not args.long_only:
+        print(f"cells without peer implementations (timed by rnnjax and rnnjax_plain only, no FLOP "
+              f"floor): {', '.join(lone)}")
     for name, why in skipped.items():
         print(f"implementation skipped: {name}: {why}")
     gemm = measure_gemm(args.gemm_n, args.repeats)

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -92,15 +91,6 @@ class Spec:
     flow: bool = True  # drawn in the gradient flow at initialisation
     recipe: Recipe = field(default_factory=Recipe)
     paper: Paper | None = None
-    needs: str | None = None  # rnnjax attribute the row needs (new cells): skipped without it
-
-
-def _rnnjax_has(name: str | None) -> bool:
-    if name is None:
-        return True
-    import rnnjax
-
-    return hasattr(rnnjax, name)
 
 
 SPECS_ALL = [
@@ -124,15 +114,14 @@ SPECS_ALL = [
     Spec("mingru", "mingru", "glorot uniform", train=True),
     Spec("minlstm", "minlstm", "glorot uniform", train=True),
     Spec("exprnn", "orthogonal", "expm(A - A^T), Henaff", train=True),
-    # long-memory cells added to rnnjax later: rows appear when the factory exists
-    Spec("cornn", "cornn", "default", train=True, needs="cornn"),
-    Spec("lem", "lem", "default", train=True, needs="lem"),
-    Spec("linoss", "linoss", "default", train=True, needs="linoss"),
-    Spec("rglru", "rglru", "default", train=True, needs="rglru"),
-    Spec("slstm", "slstm", "default", train=True, needs="slstm"),
-    Spec("mlstm", "mlstm", "default", train=True, needs="mlstm"),
-    Spec("antisymmetric", "antisymmetric", "default", train=True, needs="antisymmetric"),
-    Spec("lipschitz", "lipschitz", "default", train=True, needs="lipschitz"),
+    Spec("cornn", "cornn", "default", train=True),
+    Spec("lem", "lem", "default", train=True),
+    Spec("linoss", "linoss", "default", train=True),
+    Spec("rglru", "rglru", "default", train=True),
+    Spec("slstm", "slstm", "default", train=True),
+    Spec("mlstm", "mlstm", "default", train=True),
+    Spec("antisymmetric", "antisymmetric", "default", train=True),
+    Spec("lipschitz", "lipschitz", "default", train=True),
     # the papers' claims with the papers' recipes
     Spec("indrnn-paper", "indrnn", "2 layers; u1 ~ U[0, 2^(1/T)], u2 ~ U[2^(-1/T), 2^(1/T)]", flow=False,
          recipe=Recipe(H=128, optimizer="adam", lr=2e-4, clip=None, batch=32,
@@ -161,7 +150,7 @@ SPECS_ALL = [
                      "hidden 190, Henaff init, modReLU; RMSprop (PyTorch's: alpha 0.99, eps 1e-8 added to "
                      "the root) lr 2e-4, 2e-5 on the skew-symmetric parameter; batch 128; no clipping",
                      "4000 iterations")),
-    Spec("lem-paper", "lem", "dt 0.0242", flow=False, needs="lem",
+    Spec("lem-paper", "lem", "dt 0.0242", flow=False,
          recipe=Recipe(H=128, optimizer="adam", lr=2.6e-3, clip=None, batch=50,
                        runs=(("adding", 2000),), steps=5000, eval_every=100),
          paper=Paper("LEM solves adding at T=2000, test MSE ~5e-5 (Rusch et al. 2022)",
@@ -169,7 +158,7 @@ SPECS_ALL = [
                      "the authors' T=2000 log (tk-rusch/LEM, src/adding/results) holds 300 test "
                      "evaluations; its test MSE is below 0.1 x the baseline from the 20th on and "
                      "reaches ~5e-5 after the 130th")),
-    Spec("cornn-paper", "cornn", "dt 0.06, gamma 66, epsilon 15", flow=False, needs="cornn",
+    Spec("cornn-paper", "cornn", "dt 0.06, gamma 66, epsilon 15", flow=False,
          recipe=Recipe(H=128, optimizer="adam", lr=2e-2, clip=None, batch=50,
                        runs=(("adding", 2000),), steps=2000, eval_every=100),
          paper=Paper("coRNN solves adding at long T (Rusch & Mishra 2021)",
@@ -218,45 +207,31 @@ for _base, _steps in (("lstm-chrono-paper", 10000), ("exprnn-paper", None)):
 
 
 def specs() -> list[Spec]:
-    """The rows available with this rnnjax (rows of cells not in it yet are left out)."""
-    return [s for s in SPECS_ALL if _rnnjax_has(s.needs)]
+    """The rows of the study."""
+    return list(SPECS_ALL)
 
 
 def spec_by_name(name: str) -> Spec:
     for s in SPECS_ALL:
         if s.name == name:
-            if not _rnnjax_has(s.needs):
-                raise ValueError(f"row {name!r} needs rnnjax.{s.needs}, which this rnnjax does not have")
             return s
-    raise ValueError(f"unknown row {name!r}; known: {', '.join(s.name for s in specs())}")
+    raise ValueError(f"unknown row {name!r}; known: {', '.join(s.name for s in SPECS_ALL)}")
 
 
-def _new_cell(name: str, H: int, **required):
-    """``rnnjax.<name>(H, **required)``, refusing to drop a recipe argument the factory lacks."""
-    import rnnjax
-
-    factory = getattr(rnnjax, name)
-    params = inspect.signature(factory).parameters
-    missing = [k for k in required if k not in params]
-    if missing:
-        raise TypeError(f"rnnjax.{name} takes no argument(s) {missing} that the paper's recipe sets; "
-                        f"its arguments are {list(params)}")
-    return factory(H, **required)
-
-
-def _pick(name: str, H: int, candidates: dict[str, tuple]):
-    """Like :func:`_new_cell`, each recipe value given under the first accepted argument name."""
-    import rnnjax
-
-    params = inspect.signature(getattr(rnnjax, name)).parameters
-    kw = {}
-    for what, (value, *names) in candidates.items():
-        found = next((n for n in names if n in params), None)
-        if found is None:
-            raise TypeError(f"rnnjax.{name} has none of the arguments {names} for the paper's {what}; "
-                            f"its arguments are {list(params)}")
-        kw[found] = value
-    return _new_cell(name, H, **kw)
+# The rows that train a cell of ``rnnjax.registry`` as the registry builds it (row -> registry
+# name); every registered cell has one. The other rows are variants of a cell (initialisations,
+# the papers' constants), built in :func:`make_model`.
+REGISTRY_ROWS: dict[str, str] = {
+    "elman-orth": "elman", "irnn": "irnn", "irnn-paper": "irnn", "jordan": "jordan",
+    "lstm-fb1": "lstm", "gru-before": "gru", "mgu": "mgu", "indrnn": "indrnn", "lru": "lru",
+    "mingru": "mingru", "minlstm": "minlstm", "exprnn": "orthogonal", "exprnn-paper": "orthogonal",
+    "cornn": "cornn", "lem": "lem", "linoss": "linoss", "rglru": "rglru", "slstm": "slstm",
+    "mlstm": "mlstm", "antisymmetric": "antisymmetric", "lipschitz": "lipschitz",
+}
+# Cells whose recurrence is linear in the carry run as two layers, as their papers use them, so
+# the model is not linear in time: registry name -> a GELU after the first layer.
+TWO_LAYERS: dict[str, bool] = {"lru": True, "mingru": False, "minlstm": False, "linoss": True,
+                               "rglru": True, "mlstm": True}
 
 
 def make_model(spec: Spec, H: int, T: int):
@@ -265,15 +240,15 @@ def make_model(spec: Spec, H: int, T: int):
     ``|u| <= 2^(1/T)`` (:func:`rnnjax.indrnn_projection`, which finds the IndRNN layers in any
     layout, the model's whole params included).
 
-    Cells whose recurrence is linear in the carry (LRU, minGRU, minLSTM, LinOSS, RG-LRU, mLSTM) are
-    used as their papers use them: two layers (with a GELU after the first for the LRU-like ones)
-    so the model is not linear in time.
+    The rows of :data:`REGISTRY_ROWS` are ``rnnjax.registry``'s cell (two layers for the cells of
+    :data:`TWO_LAYERS`, whose recurrence is linear in the carry: with a GELU after the first for
+    the LRU-like ones, as their papers use them, so the model is not linear in time).
     """
     import jax
 
     import rnnjax
     from rnnjax import initializers as inits
-    from rnnjax import layers
+    from rnnjax import layers, registry
 
     def two(make, gelu=True):
         first = make()
@@ -284,10 +259,13 @@ def make_model(spec: Spec, H: int, T: int):
     rho = {"elman-rho0.9": 0.9, "elman-rho1.0": 1.0, "elman-rho1.1": 1.1}
     if spec.name in rho:
         return rnnjax.elman(H, recurrent_init=inits.spectral_radius(rho[spec.name])), None
-    if spec.name in ("indrnn", "indrnn-paper"):
+    if spec.name in REGISTRY_ROWS:
+        name = REGISTRY_ROWS[spec.name]
+        cell = (two(lambda: registry.cell(name, H, T), gelu=TWO_LAYERS[name]) if name in TWO_LAYERS
+                else registry.cell(name, H, T))
+        return cell, registry.projection(name, T)
+    if spec.name == "indrnn-paper":
         bound, project = rnnjax.indrnn_max_abs(T), rnnjax.indrnn_projection(T)
-        if spec.name == "indrnn":
-            return rnnjax.indrnn(H, max_timescale=T), project
 
         def uniform(lo, hi):
             return lambda key, shape, dtype=jax.numpy.float32: jax.random.uniform(key, shape, dtype, lo, hi)
@@ -298,37 +276,15 @@ def make_model(spec: Spec, H: int, T: int):
         return cell, project
     table: dict[str, Callable] = {
         "elman-glorot": lambda: rnnjax.elman(H, recurrent_init=inits.glorot_uniform),
-        "elman-orth": lambda: rnnjax.elman(H),
-        "irnn": lambda: rnnjax.irnn(H),
-        "irnn-paper": lambda: rnnjax.irnn(H),
-        "jordan": lambda: rnnjax.jordan(H, H, activation=jax.numpy.tanh),
         "lstm-fb0": lambda: rnnjax.lstm(H, forget_bias=0.0),
-        "lstm-fb1": lambda: rnnjax.lstm(H, forget_bias=1.0),
         "lstm-chrono": lambda: rnnjax.lstm(H, chrono=T),
         "lstm-chrono-paper": lambda: rnnjax.lstm(H, chrono=1.5 * T),
         "lstm-peep-fb1": lambda: rnnjax.lstm(H, peephole=True),
         "lstm-peep-chrono": lambda: rnnjax.lstm(H, peephole=True, chrono=T),
-        "gru-before": lambda: rnnjax.gru(H),
         "gru-after": lambda: rnnjax.gru(H, reset="after"),
-        "mgu": lambda: rnnjax.mgu(H),
-        "lru": lambda: two(lambda: rnnjax.lru(H, H, r_min=0.9, r_max=0.999)),
-        "mingru": lambda: two(lambda: rnnjax.mingru(H), gelu=False),
-        "minlstm": lambda: two(lambda: rnnjax.minlstm(H), gelu=False),
-        "exprnn": lambda: rnnjax.orthogonal(H),
-        "exprnn-paper": lambda: rnnjax.orthogonal(H),
         "lru-long": lambda: two(lambda: rnnjax.lru(H, H, r_min=0.99, r_max=0.9999)),
-        "cornn": lambda: _new_cell("cornn", H),
-        "lem": lambda: _new_cell("lem", H),
-        "linoss": lambda: two(lambda: _new_cell("linoss", H, state_size=H)),
-        "rglru": lambda: two(lambda: _new_cell("rglru", H)),
-        "slstm": lambda: _new_cell("slstm", H),
-        "mlstm": lambda: two(lambda: _new_cell("mlstm", H)),
-        "antisymmetric": lambda: _new_cell("antisymmetric", H),
-        "lipschitz": lambda: _new_cell("lipschitz", H),
-        "lem-paper": lambda: _pick("lem", H, {"dt": (0.0242, "dt", "delta_t", "step_size")}),
-        "cornn-paper": lambda: _pick("cornn", H, {"dt": (0.06, "dt", "delta_t", "step_size"),
-                                                  "gamma": (66.0, "gamma"),
-                                                  "epsilon": (15.0, "epsilon", "eps")}),
+        "lem-paper": lambda: rnnjax.lem(H, dt=0.0242),
+        "cornn-paper": lambda: rnnjax.cornn(H, dt=0.06, gamma=66.0, epsilon=15.0),
     }
     return table[spec.name](), None
 
@@ -351,15 +307,6 @@ def decay_rate(norms: np.ndarray | None = None, *, log10_norms: np.ndarray | Non
     return float(10.0 ** float(rnnjax.log10_decay_rate(np.asarray(log10_norms, np.float32))))
 
 
-def log10_flow(flow) -> np.ndarray:
-    """``log10 ||dL/d carry_t||`` ``[T]`` of a :class:`rnnjax.GradientFlow`.
-
-    Its ``log10_norms`` field, computed in log space: exact at any magnitude, ``-inf`` only for an
-    exactly zero gradient.
-    """
-    return np.asarray(flow.log10_norms, np.float64)
-
-
 def flow_at_init(spec: Spec, T: int, H: int, B: int, seed: int) -> dict:
     """Gradient flow at initialisation on adding inputs, loss on the last output."""
     import jax
@@ -378,7 +325,7 @@ def flow_at_init(spec: Spec, T: int, H: int, B: int, seed: int) -> dict:
         return jnp.mean((readout.apply(r, outs[-1]) - ys) ** 2)
 
     flow = jax.jit(lambda p, x: rnnjax.gradient_flow(cell, p, x, loss_fn))(params, xs)
-    lg = log10_flow(flow)
+    lg = np.asarray(flow.log10_norms, np.float64)
     rate = decay_rate(log10_norms=lg)
     ratio = 10.0 ** (lg[0] - lg[-1]) if np.isfinite(lg[0]) and np.isfinite(lg[-1]) else float("nan")
     return {"name": spec.name, "cell": spec.cell, "init": spec.init, "T": T,
@@ -623,7 +570,12 @@ def train_row(spec: Spec, cfg: TrainConfig, *, workdir: str | None = None,
             info = json.load(fh)
         seconds += max(0.0, float(info.get("wall_time_s", 0.0)) - float(info.get("wall_time_this_process_s", 0.0)))
     train_loss = np.asarray(result.metrics["loss"], np.float64)
-    nonfinite = np.asarray(result.metrics.get("nonfinite", np.zeros_like(train_loss)), np.float64).sum(axis=1)
+    nonfinite = np.nansum(np.asarray(result.metrics.get("nonfinite", np.zeros_like(train_loss)), np.float64), axis=1)
+    # a seed the engine's non-finite guard froze has diverged: no final loss, however finite the
+    # loss of its frozen (last good) params
+    for i, step in enumerate(result.diverged):
+        if step is not None:
+            test_loss[i] = np.where(eval_steps >= step, np.nan, test_loss[i])
     threshold = SOLVED_FRACTION * baseline
 
     runs = []
@@ -650,7 +602,7 @@ def train_row(spec: Spec, cfg: TrainConfig, *, workdir: str | None = None,
             flow = jax.jit(lambda p, x, y: rnnjax.gradient_flow(
                 cell, p["cell"], x, lambda outs: loss_on(readout.apply(p["readout"], outs), y)))(
                 result.state(mid).params, xs_f, ys_f)
-            flow_lg = [_finite(v) for v in log10_flow(flow)]
+            flow_lg = [_finite(v) for v in np.asarray(flow.log10_norms, np.float64)]
         median_train = np.nanmedian(train_loss[idx], axis=0)
         stride = max(1, cfg.steps // 200)
         label = spec.name if len(lrs) == 1 else f"{spec.name} lr={lr:g}"
@@ -1217,7 +1169,7 @@ def main(argv=None) -> int:
     runs += partial_runs
     argv_used = list(argv if argv is not None else sys.argv[1:])
     command = "python benchmarks/vanishing.py " + " ".join(argv_used)
-    from rnnjax._workdir import machine as rnnjax_machine
+    from rnnjax import machine as rnnjax_machine
 
     m = rnnjax_machine()
     meta = {"command": command,

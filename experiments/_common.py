@@ -13,7 +13,6 @@ steps naming the step, and writes ``metrics.jsonl``, TensorBoard events, ``loss.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import rnnjax
+from rnnjax import registry
 from rnnjax.checkpoint import write_json_atomic
 
 EXIT_NONFINITE = 3
@@ -118,47 +118,27 @@ def check_args(args: argparse.Namespace) -> None:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
 
 
-CELLS = ("elman", "irnn", "lstm", "gru", "mgu", "indrnn", "lru", "mingru", "minlstm", "orthogonal")
+CELLS = registry.names()  # every cell of rnnjax.registry: each script accepts each of them
 
 
 def make_cell(name: str, hidden: int, *, seq_len: int | None = None) -> rnnjax.Cell:
-    """The cell ``name`` (one of :data:`CELLS`) with ``hidden`` units, in its paper's setup
-    (IndRNN's bound on ``|u|`` is kept by :func:`projection`, passed to ``rnnjax.train_step``)."""
-    if name == "elman":
-        return rnnjax.elman(hidden)
-    if name == "irnn":
-        return rnnjax.irnn(hidden)
-    if name == "lstm":
-        return rnnjax.lstm(hidden, forget_bias=1.0)
-    if name == "gru":
-        return rnnjax.gru(hidden)
-    if name == "mgu":
-        return rnnjax.mgu(hidden)
-    if name == "indrnn":
-        return rnnjax.indrnn(hidden, max_timescale=seq_len)
-    if name == "lru":
-        return rnnjax.lru(hidden, hidden, r_min=0.9, r_max=0.999)
-    if name == "mingru":
-        return rnnjax.mingru(hidden)
-    if name == "minlstm":
-        return rnnjax.minlstm(hidden)
-    if name == "orthogonal":
-        return rnnjax.orthogonal(hidden)
-    raise ValueError(f"unknown cell {name!r}; choose from {CELLS}")
+    """The cell ``name`` (one of :data:`CELLS`) with ``hidden`` units, in its paper's setup:
+    ``rnnjax.registry.cell(name, hidden, seq_len)`` (IndRNN's bound on ``|u|`` is kept by
+    :func:`projection`, passed to ``rnnjax.train_step``)."""
+    return registry.cell(name, hidden, seq_len)
 
 
 def projection(name: str, seq_len: int | None) -> Callable[[Any], Any] | None:
     """The projection the cell ``name``'s paper applies to the params after every update, or None.
 
-    IndRNN (Li et al. 2018) keeps ``|u| <= 2^(1/T)`` for a horizon ``T = seq_len``:
-    :func:`rnnjax.indrnn_projection`, which finds every IndRNN layer in the model's params. Pass
-    the result as ``project=`` to :func:`rnnjax.train_step`.
+    ``rnnjax.registry.projection(name, seq_len)``: for IndRNN (Li et al. 2018),
+    :func:`rnnjax.indrnn_projection` keeping ``|u| <= 2^(1/T)`` for the horizon ``T = seq_len``,
+    which finds every IndRNN layer in the model's params. Pass the result as ``project=`` to
+    :func:`rnnjax.train_step`.
     """
-    if name != "indrnn":
-        return None
-    if seq_len is None:
-        raise ValueError("projection('indrnn', seq_len): seq_len (the horizon T) is required")
-    return rnnjax.indrnn_projection(seq_len)
+    if seq_len is None and registry.spec(name).needs_T:
+        raise ValueError(f"projection({name!r}, seq_len): seq_len (the horizon T) is required")
+    return registry.projection(name, seq_len)
 
 
 def keys(seed: int) -> dict[str, jax.Array]:
@@ -238,7 +218,7 @@ def train(
 
     workdir = Path(args.workdir).absolute()
     try:
-        state, _ = rnnjax.fit(
+        fitted = rnnjax.fit(
             state, step_fn, batch_fn, steps=args.steps, workdir=workdir, config=_config(args, name),
             ckpt_every=args.ckpt_every, eval_fn=eval_fn, eval_every=args.eval_every,
             log_every=args.log_every, chunk=args.chunk, progress=not args.no_progress,
@@ -255,17 +235,17 @@ def train(
         if isinstance(e, rnnjax.WorkdirError):
             raise SystemExit(f"[{name}] {e}") from None
         raise
-    results = json.loads((workdir / "results.json").read_text())
+    state, results = fitted.state, dict(fitted.results)
     if results.get("resumed_from_step") is not None:
         print(f"[{name}] resumed from the checkpoint of step {results['resumed_from_step']} in "
               f"{workdir / 'checkpoints'}", flush=True)
-    final = results["final"]
+    final = results["final"][0]  # results.json is indexed by configuration; a fit has one
     if final_fn is not None:
         final.update(final_fn(state.params))
     results.update(info or {})
     write_json_atomic(workdir / "results.json", results)
     print(f"[{name}] done: step {int(state.step)}, wall time {results['wall_time_s']:.1f} s (all "
-          f"sessions), params_sha256 {results['params_sha256'][:16]}...; results in "
+          f"sessions), params_sha256 {results['params_sha256'][0][:16]}...; results in "
           f"{workdir / 'results.json'}", flush=True)
     for k, v in final.items():
         if isinstance(v, float) and (k.startswith("eval_") or k == "train_loss_last10"):

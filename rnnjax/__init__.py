@@ -5,8 +5,9 @@ Cells are pure functions over parameter pytrees (:class:`Cell`), run over sequen
 :func:`fit`), and diagnosed with :func:`gradient_flow`.
 """
 
-from rnnjax import checkpoint, initializers, interop, layers, losses, sweep, tasks
+from rnnjax import checkpoint, engine, initializers, interop, layers, losses, optim, registry, sweep, tasks
 from rnnjax.cells import (
+    convlstm,
     elman,
     gru,
     indrnn,
@@ -27,6 +28,8 @@ from rnnjax.cells import (
 from rnnjax.cells.oscillatory import OscillatorState, cornn, lem, linoss, linoss_transition
 from rnnjax.cells.rglru import rglru, rglru_base_decay
 from rnnjax.cells.ode import antisymmetric, antisymmetric_matrix, lipschitz, lipschitz_matrix
+from rnnjax.cells.delta import DeltaState, delta_chunkwise, deltanet, gated_deltanet
+from rnnjax.cells.s6 import s6
 from rnnjax.cells.xlstm import MLSTMState, SLSTMState, mlstm, mlstm_state, slstm
 from rnnjax.types import BlockLinearRecurrence
 from rnnjax.diagnostics import (
@@ -53,13 +56,15 @@ from rnnjax.losses import (
     mse,
     sequence_cross_entropy,
 )
-from rnnjax.train import (NonFiniteError, TrainState, WorkdirError, current_learning_rate, evaluate, fit,
-                          optimizer, train_step)
+from rnnjax.train import NonFiniteError, TrainState, evaluate, tbptt_step, train_step
+from rnnjax.optim import current_learning_rate, optimizer
+from rnnjax.engine import FitResult, fit
+from rnnjax._workdir import WorkdirError, machine
 from rnnjax.types import Cell, JordanState, LinearForm, LinearRecurrence, LogLinearRecurrence, LSTMState
-from rnnjax.unroll import unroll
-from rnnjax import attention, pruning  # noqa: E402
-from rnnjax.attention import Attention, additive_attention, dot_product_attention  # noqa: E402
-from rnnjax.pruning import prune, pruned  # noqa: E402
+from rnnjax.unroll import unroll, unroll_reduce
+from rnnjax import attention, pruning
+from rnnjax.attention import Attention, additive_attention, dot_product_attention
+from rnnjax.pruning import prune, pruned
 
 __version__ = "0.1.0"
 

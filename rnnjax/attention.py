@@ -24,6 +24,9 @@ Two scores, each a factory returning an :class:`Attention` ``(init, apply)`` lik
 (an int array of the batch shape ``ys.shape[1:-1]``) the steps ``t >= lengths`` get weight
 exactly 0 and contribute nothing to the pooled vector or to any gradient, even when ``ys`` holds
 NaN or inf there. A sequence of length 0 pools to the zero vector with all weights 0 (no NaN).
+Lengths must lie in ``[0, T]``: concrete ones outside are refused with a ``ValueError``; traced
+ones (under ``jit``/``vmap``, which cannot be checked) make that sequence's pooled vector and
+weights NaN instead of being silently clamped. ``ys`` must have ``T >= 1`` steps.
 
 Example (a classifier over padded sequences ``xs [T, B, D]``)::
 
@@ -41,16 +44,17 @@ params: ``jax.vmap(att.init, in_axes=(0, None))(keys, 64)`` and
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rnnjax import initializers as inits
-from rnnjax.cells._common import check_size, rows, split_keys
+from rnnjax.cells._common import check_float_dtype, check_initializer, check_size, rows, split_keys
 from rnnjax.types import Array, Initializer, Params, PRNGKey
-from rnnjax.unroll import _check_lengths
+from rnnjax.unroll import check_lengths
 
 __all__ = [
     "Attention",
@@ -80,16 +84,21 @@ def _check_ys(ys: Any, H: int) -> tuple[int, tuple[int, ...]]:
                          f"made for), got shape {ys.shape}")
     if not jnp.issubdtype(ys.dtype, jnp.floating):
         raise TypeError(f"ys must have a floating dtype, got {ys.dtype}")
+    if ys.shape[0] == 0:
+        raise ValueError(f"ys has T=0 steps (shape {ys.shape}); attention pools over the time axis "
+                         f"(the first) and needs T >= 1")
     return ys.shape[0], tuple(ys.shape[1:-1])
 
 
-def _valid(T: int, batch_shape: tuple[int, ...], lengths: Any) -> Array | None:
-    """``[T, ...batch]`` bool: step ``t`` is within its sequence; None without lengths."""
+def _valid(T: int, batch_shape: tuple[int, ...], lengths: Any) -> tuple[Array | None, Array | None]:
+    """``([T, ...batch] bool: step ``t`` is within its sequence, [...batch] bool: the length is
+    outside [0, T])``; ``(None, None)`` without lengths. Concrete lengths outside ``[0, T]`` are
+    refused here; traced ones (under ``jit``) cannot be, and are flagged instead."""
     if lengths is None:
-        return None
-    lengths = _check_lengths(lengths, T, batch_shape)
+        return None, None
+    lengths = check_lengths(lengths, T, batch_shape)
     t = jnp.arange(T).reshape((T,) + (1,) * len(batch_shape))
-    return t < lengths[None]
+    return t < lengths[None], (lengths < 0) | (lengths > T)
 
 
 def masked_softmax(scores: Array, valid: Array | None = None) -> Array:
@@ -107,8 +116,16 @@ def masked_softmax(scores: Array, valid: Array | None = None) -> Array:
     Returns:
       ``[T, ...]`` weights, summing to 1 over time where any step is valid, to 0 elsewhere.
     """
+    if not isinstance(scores, (jax.Array, np.ndarray)) or not jnp.issubdtype(scores.dtype, jnp.floating):
+        raise TypeError(f"scores must be a floating-point array [T, ...], got "
+                        f"{getattr(scores, 'dtype', type(scores).__name__)}")
     if valid is None:
         valid = jnp.ones(scores.shape, bool)
+    if not isinstance(valid, (jax.Array, np.ndarray)) or valid.dtype != jnp.bool_:
+        raise TypeError(f"valid must be a bool array of the shape of scores {scores.shape}, got "
+                        f"{getattr(valid, 'dtype', type(valid).__name__)}")
+    if valid.shape != scores.shape:
+        raise ValueError(f"valid must have the shape of scores {scores.shape}, got {valid.shape}")
     scores = jnp.where(valid, scores, jnp.zeros_like(scores))
     m = jnp.max(jnp.where(valid, scores, -jnp.inf), axis=0, keepdims=True)
     m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m)))
@@ -120,11 +137,14 @@ def masked_softmax(scores: Array, valid: Array | None = None) -> Array:
 def _pool(score: Callable[[Array], Array], ys: Array, lengths: Any) -> tuple[Array, Array]:
     """Score the (masked) outputs, normalise over time, and pool them."""
     T, batch_shape = ys.shape[0], tuple(ys.shape[1:-1])
-    valid = _valid(T, batch_shape, lengths)
+    valid, bad = _valid(T, batch_shape, lengths)
     if valid is not None:  # padded outputs never enter the arithmetic (NaN/inf safe, also in grads)
         ys = jnp.where(valid[..., None], ys, jnp.zeros_like(ys))
     weights = masked_softmax(score(ys), valid)
     pooled = jnp.sum(weights[..., None] * ys, axis=0)
+    if bad is not None:  # a traced length outside [0, T]: NaN for that sequence, never a silent clamp
+        pooled = jnp.where(bad[..., None], jnp.full_like(pooled, jnp.nan), pooled)
+        weights = jnp.where(bad[None], jnp.full_like(weights, jnp.nan), weights)
     return pooled, weights
 
 
@@ -154,6 +174,10 @@ def additive_attention(attention_size: int | None = None, *,
       sequence of length 0 gives a zero pooled vector and zero weights.
     """
     A = None if attention_size is None else check_size("attention_size", attention_size)
+    check_initializer("kernel_init", kernel_init)
+    check_initializer("bias_init", bias_init)
+    check_initializer("query_init", query_init, allow_none=True)
+    dtype = check_float_dtype(dtype)
 
     def init(key, input_size):
         H = check_size("input_size", input_size)
@@ -199,6 +223,9 @@ def dot_product_attention(key_size: int | None = None, *,
       sequence of length 0 gives a zero pooled vector and zero weights.
     """
     K = None if key_size is None else check_size("key_size", key_size)
+    check_initializer("kernel_init", kernel_init)
+    check_initializer("query_init", query_init, allow_none=True)
+    dtype = check_float_dtype(dtype)
     q_init = inits.zeros if query_init is None else query_init
 
     def init(key, input_size):

@@ -30,7 +30,8 @@ Indexing used throughout: ``carry_t`` is the carry *after* consuming ``xs[t]``
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +39,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from rnnjax.types import Array, Carry, Cell, Params
-from rnnjax.unroll import _check_carry, _check_lengths, _check_xs, _select
+from rnnjax.unroll import check_carry, check_lengths, check_xs, select_carry
 
 __all__ = [
     "GradientFlow",
@@ -66,11 +67,11 @@ def _check_cell(cell: Any) -> None:
 def _prepare(cell: Cell, params: Params, xs: Any, carry: Carry | None):
     """Validate ``xs`` (time-major ``[T, ..., D]``) and the carry; return ``(T, batch_shape, carry)``."""
     _check_cell(cell)
-    T, batch_shape = _check_xs(xs, time_major=True)
+    T, batch_shape = check_xs(xs, time_major=True)
     if carry is None:
         carry = cell.initial_carry(params, batch_shape)
     else:
-        _check_carry(carry, batch_shape)
+        check_carry(carry, batch_shape)
     return T, batch_shape, carry
 
 
@@ -176,9 +177,11 @@ def _pool(n: Array, e: Array, axes: tuple[int, ...]) -> tuple[Array, Array]:
 
 
 def _log10_scaled(m: Array, k: Array) -> Array:
-    """``log10(m * 2**k)``; ``-inf`` where ``m == 0``."""
+    """``log10(m * 2**k)``; ``-inf`` only where ``m == 0`` (an exactly zero norm), NaN where ``m`` is
+    NaN (a non-finite gradient stays visible in log space), ``inf`` where ``m`` is ``inf``."""
     safe = jnp.where(m > 0, m, 1.0)
-    return jnp.where(m > 0, k.astype(m.dtype) * _LOG10_2 + jnp.log10(safe), -jnp.inf)
+    return jnp.where(m > 0, k.astype(m.dtype) * _LOG10_2 + jnp.log10(safe),
+                     jnp.where(m == 0, -jnp.inf, jnp.nan).astype(m.dtype))
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,7 +194,8 @@ class GradientFlow(NamedTuple):
 
     The ``log10`` fields are the measurement: computed in log space (a mantissa vector and an
     exact power-of-two scale, rescaled after every step), they hold any magnitude, e.g.
-    ``1e-300`` from a float32 model, and are ``-inf`` only where the gradient is exactly zero. The
+    ``1e-300`` from a float32 model, and are ``-inf`` only where the gradient is exactly zero
+    (NaN where it is NaN, e.g. from NaN in the valid inputs, as in ``norms``). The
     plain fields are derived from the same scaled values for convenience and are ``0`` where the
     value lies below float32's range (about ``1e-38``; ``inf`` above ``3e38``).
 
@@ -310,9 +314,10 @@ def gradient_flow(
     if not (readout is None or callable(readout) or (isinstance(readout, str) and readout == _AUTO)):
         raise ValueError(f"readout must be 'auto', None or a callable carry -> y, got {readout!r}")
     if lengths is not None:
-        lengths = _check_lengths(lengths, T, batch_shape)
+        lengths = check_lengths(lengths, T, batch_shape)
     if resets is not None:
         resets = _check_resets(resets, T, batch_shape)
+    impl: Callable[..., GradientFlow]
     try:  # one compiled program per (cell, loss_fn, readout) and shapes, reused across calls
         hash((cell, loss_fn, readout))
         impl = _gradient_flow_jit
@@ -347,15 +352,16 @@ def _gradient_flow_impl(cell, loss_fn, readout, params, xs, carry0, lengths, res
 
     jax.eval_shape(probe, carry0, jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype))
     idx = found[0]
-    mode = "cell" if readout is None else ("fn" if callable(readout) else ("leaf" if idx is not None else "cell"))
+    mode = "cell" if readout is None else (
+        "fn" if callable(readout) else ("leaf" if idx is not None else "cell"))
 
     def step(c, x, v, r):
         """One masked step ``carry_{t-1} -> (carry_t, y_t)`` (``y_t`` per ``mode``)."""
         if r is not None:
-            c = _select(r, carry0, c)
+            c = select_carry(r, carry0, c)
         new_c, y = cell.apply(p, c, x)
         if v is not None:
-            new_c = _select(v, new_c, c)
+            new_c = select_carry(v, new_c, c)
         if mode == "leaf":
             y = jax.tree_util.tree_leaves(new_c)[idx]
         elif mode == "fn":
@@ -397,7 +403,8 @@ def _gradient_flow_impl(cell, loss_fn, readout, params, xs, carry0, lengths, res
             cts.append(zeros)
             cty.append(wy1)
             src_e.append(ey1)
-        ct = (jax.tree_util.tree_unflatten(treedef, [jnp.stack(l) for l in zip(*cts)]), jnp.stack(cty))
+        ct = (jax.tree_util.tree_unflatten(treedef, [jnp.stack(leaves) for leaves in zip(*cts)]),
+              jnp.stack(cty))
         vs = jax.tree_util.tree_leaves(jax.vmap(vjp)(ct)[0])  # leaves [M, *leaf.shape]
         if mode == "leaf":  # direct term: y_t is leaf idx of carry_t
             vs = [jnp.concatenate([v, (wy0 if i == idx else jnp.zeros_like(v[0]))[None]])
@@ -433,7 +440,7 @@ def _gradient_flow_impl(cell, loss_fn, readout, params, xs, carry0, lengths, res
         leaf_m.append(m)
         leaf_k.append(k)
     m, k = _pool(jnp.stack(leaf_m), jnp.stack(leaf_k), (0,))
-    unflat = lambda ls: jax.tree_util.tree_unflatten(treedef, ls)  # noqa: E731
+    unflat = lambda ls: jax.tree_util.tree_unflatten(treedef, ls)
     return GradientFlow(
         norms=_ldexp(m, k),
         leaf_norms=unflat([_ldexp(a, b) for a, b in zip(leaf_m, leaf_k)]),
@@ -454,8 +461,9 @@ def log10_decay_rate(log10_norms: Array, *, min_distance: int = 1) -> Array:
     last step: ``||dL/d carry_t|| ≈ C · rate**k`` with ``log10(rate)`` returned (negative when
     gradients vanish backwards in time, e.g. ``-0.301`` for a factor ``0.5`` per step). It works
     on log values (``GradientFlow.log10_norms``), so the fit is never flattened by float32
-    underflow. Steps with a non-finite value (an exactly zero gradient) or ``k < min_distance``
-    are left out; NaN if fewer than two steps remain.
+    underflow. Steps with ``-inf`` (an exactly zero gradient) or ``k < min_distance`` are left
+    out; NaN if fewer than two steps remain, and NaN if a fitted step is NaN or ``+inf`` (a
+    non-finite gradient is never fitted around silently).
 
     Args:
       log10_norms: ``[..., T]`` log10 norms (leading axes: independent series).
@@ -471,7 +479,9 @@ def log10_decay_rate(log10_norms: Array, *, min_distance: int = 1) -> Array:
         raise ValueError(f"log10_norms must have a time axis [..., T], got shape {y.shape}")
     T = y.shape[-1]
     k = jnp.broadcast_to((T - 1 - jnp.arange(T)).astype(jnp.float32), y.shape)
-    ok = jnp.isfinite(y) & (k >= min_distance)
+    fitted = k >= min_distance
+    broken = jnp.any(fitted & (jnp.isnan(y) | (y == jnp.inf)), axis=-1)
+    ok = jnp.isfinite(y) & fitted
     w = ok.astype(jnp.float32)
     ys = jnp.where(ok, y, 0.0).astype(jnp.float32)
     n = jnp.sum(w, axis=-1, keepdims=True)
@@ -479,7 +489,7 @@ def log10_decay_rate(log10_norms: Array, *, min_distance: int = 1) -> Array:
     ybar = jnp.sum(w * ys, axis=-1, keepdims=True) / jnp.maximum(n, 1.0)
     sxy = jnp.sum(w * (k - kbar) * (ys - ybar), axis=-1)
     sxx = jnp.sum(w * jnp.square(k - kbar), axis=-1)
-    return jnp.where((n[..., 0] >= 2) & (sxx > 0), sxy / jnp.where(sxx > 0, sxx, 1.0), jnp.nan)
+    return jnp.where((n[..., 0] >= 2) & (sxx > 0) & ~broken, sxy / jnp.where(sxx > 0, sxx, 1.0), jnp.nan)
 
 
 # --------------------------------------------------------------------------------------------
@@ -631,11 +641,12 @@ def jacobian_norms(
     iters = _check_int("iters", iters, minimum=1)
     if T < 2:
         raise ValueError(f"xs must have T >= 2 steps for carry-to-carry Jacobians, got T={T}")
-    if steps is None:
-        steps = np.unique(np.linspace(-1, T - 2, num=min(T, 8)).round().astype(int))
-    if isinstance(steps, (int, np.integer)):
+    raw_steps: Any = steps
+    if raw_steps is None:
+        raw_steps = np.unique(np.linspace(-1, T - 2, num=min(T, 8)).round().astype(int))
+    if isinstance(raw_steps, (int, np.integer)):
         raise TypeError("steps must be a sequence of ints, got a single int; wrap it: (t,)")
-    steps = tuple(_check_int("steps", s) for s in steps)
+    steps = tuple(_check_int("steps", s) for s in raw_steps)
     if not steps:
         raise ValueError("steps must not be empty")
     for s in steps:
@@ -667,7 +678,7 @@ def jacobian_norms(
     nb = int(np.prod(batch_shape, dtype=int))
     if batch_shape:
         xs_b = jnp.reshape(xs, (T, nb, D))
-        carry_b = jax.tree_util.tree_map(lambda l: jnp.reshape(l, (nb, *l.shape[len(batch_shape):])), carry)
+        carry_b = jax.tree_util.tree_map(lambda a: jnp.reshape(a, (nb, *a.shape[len(batch_shape):])), carry)
         keys = jax.random.split(key, nb)
         ms, ks, svals = jax.jit(jax.vmap(one_sequence, in_axes=(1, 0, 0)))(xs_b, carry_b, keys)
         # vmap puts the batch first: [nb, S] -> [S, *batch]
@@ -740,7 +751,8 @@ def gate_saturation(
       upper, lower: saturation thresholds (``0 < lower < upper < 1``).
 
     Returns:
-      A :class:`GateSaturation` of ``{gate: [T]}`` fractions.
+      A :class:`GateSaturation` of ``{gate: [T]}`` fractions; NaN at a step where any activation
+      of that gate is NaN (a NaN is neither saturated nor unsaturated, so no fraction is reported).
     """
     if not isinstance(kind, str):
         raise TypeError(f"kind must be a str, one of {tuple(GATES)}, got {type(kind).__name__}")
@@ -787,6 +799,7 @@ def gate_saturation(
     high, low = {}, {}
     for g, zg in pre.items():
         a = jax.nn.sigmoid(zg).reshape(T, -1)
-        high[g] = jnp.mean(a > upper, axis=1)
-        low[g] = jnp.mean(a < lower, axis=1)
+        nan = jnp.any(jnp.isnan(a), axis=1)
+        high[g] = jnp.where(nan, jnp.nan, jnp.mean(a > upper, axis=1))
+        low[g] = jnp.where(nan, jnp.nan, jnp.mean(a < lower, axis=1))
     return GateSaturation(high, low)

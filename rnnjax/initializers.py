@@ -22,19 +22,21 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_batching import custom_vmap
 
+from rnnjax._checks import check_callable, check_int, check_number
 from rnnjax.types import Array, Initializer, PRNGKey
 
 
-def _check_positive(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+def _check_positive(name: str, value: Any) -> float:
+    """A finite number ``> 0`` (Python or NumPy scalar) as a float, else an error naming ``name``."""
+    return check_number(name, value, positive=True)
 
 
 def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
+    """``(fan_in, fan_out)``; at least 1 each (an empty array has no entries to scale)."""
     if len(shape) < 2:
         raise ValueError(f"shape must have at least 2 dims [fan_in, fan_out], got {shape}")
     receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
-    return shape[-2] * receptive, shape[-1] * receptive
+    return max(shape[-2] * receptive, 1), max(shape[-1] * receptive, 1)
 
 
 def zeros(key: PRNGKey, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
@@ -44,7 +46,8 @@ def zeros(key: PRNGKey, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Arr
 
 
 def constant(value: float) -> Initializer:
-    """An initialiser that fills with ``value`` (e.g. a forget-gate bias)."""
+    """An initialiser that fills with ``value`` (e.g. a forget-gate bias); ``value`` a finite number."""
+    value = check_number("value", value)
 
     def init(key: PRNGKey, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
         del key
@@ -55,7 +58,7 @@ def constant(value: float) -> Initializer:
 
 def uniform(scale: float) -> Initializer:
     """``U(-scale, scale)``."""
-    _check_positive("scale", scale)
+    scale = _check_positive("scale", scale)
 
     def init(key: PRNGKey, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
         return jax.random.uniform(key, shape, dtype, -scale, scale)
@@ -65,8 +68,7 @@ def uniform(scale: float) -> Initializer:
 
 def pytorch_uniform(hidden_size: int) -> Initializer:
     """PyTorch's RNN/LSTM/GRU default: every weight and bias ``U(-1/sqrt(H), 1/sqrt(H))``."""
-    if not isinstance(hidden_size, int) or hidden_size <= 0:
-        raise ValueError(f"hidden_size must be a positive int, got {hidden_size!r}")
+    hidden_size = check_int("hidden_size", hidden_size, minimum=1)
     return uniform(1.0 / math.sqrt(hidden_size))
 
 
@@ -122,7 +124,7 @@ def _qr_vmap(axis_size: int, in_batched: list[bool], a: Array):
 
 def orthogonal(scale: float = 1.0) -> Initializer:
     """A (semi-)orthogonal matrix times ``scale`` (Saxe et al. 2014), via QR with sign fix."""
-    _check_positive("scale", scale)
+    scale = _check_positive("scale", scale)
 
     def init(key: PRNGKey, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
         if len(shape) != 2:
@@ -141,7 +143,7 @@ def orthogonal(scale: float = 1.0) -> Initializer:
 
 def identity(scale: float = 1.0) -> Initializer:
     """``scale * I`` (IRNN, Le et al. 2015). Non-square shapes get ones on the main diagonal."""
-    _check_positive("scale", scale)
+    scale = _check_positive("scale", scale)
 
     def init(key: PRNGKey, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
         del key
@@ -154,7 +156,7 @@ def identity(scale: float = 1.0) -> Initializer:
 
 def normal(stddev: float) -> Initializer:
     """``N(0, stddev^2)``."""
-    _check_positive("stddev", stddev)
+    stddev = _check_positive("stddev", stddev)
 
     def init(key: PRNGKey, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
         return stddev * jax.random.normal(key, shape, dtype)
@@ -168,7 +170,8 @@ def chrono(max_timescale: float) -> Initializer:
     ``b_f ~ log(U[1, T_max - 1])``; the input-gate bias is then ``-b_f`` (the LSTM factory does
     that when given ``chrono=T``). Characteristic forgetting times span ``[1, T_max]``.
     """
-    if not (isinstance(max_timescale, (int, float)) and max_timescale > 2):
+    max_timescale = check_number("max_timescale", max_timescale)
+    if max_timescale <= 2:
         raise ValueError(f"max_timescale must be a number > 2, got {max_timescale!r}")
 
     def init(key: PRNGKey, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
@@ -184,13 +187,14 @@ def spectral_radius(radius: float, base: Initializer | None = None) -> Initializ
     The spectral radius is the largest eigenvalue magnitude; ``radius < 1`` makes a linear
     recurrence contract, ``> 1`` expand (Jaeger 2001; Pascanu et al. 2013).
     """
-    _check_positive("radius", radius)
-    base = glorot_normal if base is None else base
+    radius = _check_positive("radius", radius)
+    check_callable("base", base, "(key, shape, dtype) -> Array or None", allow_none=True)
+    base_init: Initializer = glorot_normal if base is None else base
 
     def init(key: PRNGKey, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
         if len(shape) != 2 or shape[0] != shape[1]:
             raise ValueError(f"spectral_radius needs a square 2-D shape, got {shape}")
-        w = base(key, shape, jnp.float32)
+        w = base_init(key, shape, jnp.float32)
         return rescale_spectral_radius(w, radius).astype(dtype)
 
     return init
@@ -205,6 +209,9 @@ def rescale_spectral_radius(w: Array, radius: float) -> Array:
     w_np = np.asarray(w, dtype=np.float64)
     if w_np.ndim != 2 or w_np.shape[0] != w_np.shape[1]:
         raise ValueError(f"w must be a square matrix, got shape {w_np.shape}")
+    if not np.all(np.isfinite(w_np)):
+        raise ValueError("w must be finite (it holds NaN or inf); its spectral radius is undefined")
+    radius = _check_positive("radius", radius)
     rho = float(np.max(np.abs(np.linalg.eigvals(w_np))))
     if rho == 0.0:
         raise ValueError("w has spectral radius 0 and cannot be rescaled")
@@ -217,6 +224,8 @@ def blockwise(init: Initializer, n_blocks: int) -> Initializer:
     Fused gate matrices (``[H, 4H]`` for an LSTM) are initialised gate by gate, so that e.g. an
     orthogonal recurrent init makes each gate's ``[H, H]`` block orthogonal.
     """
+    check_callable("init", init, "(key, shape, dtype) -> Array")
+    n_blocks = check_int("n_blocks", n_blocks, minimum=1)
 
     def fused(key: PRNGKey, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
         if len(shape) != 2 or shape[1] % n_blocks:

@@ -41,7 +41,8 @@ The function computed is the same, and ``from_torch(to_torch(p)) == p`` exactly.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -78,7 +79,7 @@ _GRU_FLAX = ("r", "z", "n")
 
 def _import_torch():
     try:
-        import torch  # noqa: PLC0415
+        import torch
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError(
             "rnnjax.interop's torch functions need PyTorch, which is an optional dependency; "
@@ -474,7 +475,7 @@ def to_flax(params: Params, kind: Any) -> dict[str, dict[str, jax.Array]]:
         return {"i": {"kernel": w_x, "bias": b}, "h": {"kernel": w_h}}
     gates = _LSTM_FLAX if kind == "lstm" else _GRU_FLAX
     sign = [1.0] * len(gates) if kind == "lstm" else [1.0, -1.0, 1.0]
-    blk = lambda a, k: a[..., k * H:(k + 1) * H] * sign[k]  # noqa: E731
+    blk = lambda a, k: a[..., k * H:(k + 1) * H] * sign[k]
     out: dict[str, dict[str, jax.Array]] = {}
     for k, g in enumerate(gates):
         if kind == "lstm":

@@ -7,16 +7,26 @@ Everything here returns a :class:`rnnjax.Cell`, a :class:`Layer` (a NamedTuple o
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rnnjax import initializers as inits
-from rnnjax.cells._common import check_batch_shape, check_input, check_size, rows, split_keys
+from rnnjax._checks import check_int
+from rnnjax.cells._common import (
+    check_batch_shape,
+    check_float_dtype,
+    check_initializer,
+    check_input,
+    check_size,
+    rows,
+    split_keys,
+)
 from rnnjax.types import Array, Carry, Cell, Initializer, Params, PRNGKey
-from rnnjax.unroll import _sequential, unroll
+from rnnjax.unroll import sequential, unroll
 
 
 class Layer(NamedTuple):
@@ -82,7 +92,7 @@ def stack(*cells: Cell) -> Cell:
         new = []
         for k, (c, p, h) in enumerate(zip(cells, params, carry)):
             h0 = None if reset_carry is None else reset_carry[k]  # each layer restarts from its own
-            h, xs = _sequential(c, p, reverse=reverse, unroll=unroll, remat=False)(h, xs, mask, resets, h0)
+            h, xs = sequential(c, p, reverse=reverse, unroll=unroll, remat=False)(h, xs, mask, resets, h0)
             new.append(h)
         return tuple(new), xs
 
@@ -118,7 +128,8 @@ class Bidirectional(NamedTuple):
     apply: Callable[..., tuple[tuple[Carry, Carry], Array]]
 
 
-def bidirectional(fwd: Cell, bwd: Cell, merge: str | Callable[[Array, Array], Array] = "concat") -> Bidirectional:
+def bidirectional(fwd: Cell, bwd: Cell,
+                  merge: str | Callable[[Array, Array], Array] = "concat") -> Bidirectional:
     """Run ``fwd`` left to right and ``bwd`` right to left and merge their outputs step by step.
 
     ``ys[t] = merge(y_fwd[t], y_bwd[t])``, where ``y_bwd[t]`` is ``bwd``'s output on consuming
@@ -160,12 +171,15 @@ def dense(output_size: int, *, kernel_init: Initializer = inits.glorot_uniform,
 
     Params: ``w [D, O]``, ``b [O]``. ``x`` has shape ``[..., D]`` (apply it to ``ys`` of any rank).
     """
-    O = check_size("output_size", output_size)
+    Y = check_size("output_size", output_size)  # O, the output size
+    check_initializer("kernel_init", kernel_init)
+    check_initializer("bias_init", bias_init)
+    dtype = check_float_dtype(dtype)
 
     def init(key, input_size):
         D = check_size("input_size", input_size)
         kw, kb = split_keys(key, 2)
-        return {"w": kernel_init(kw, (D, O), dtype), "b": bias_init(kb, (O,), dtype)}
+        return {"w": kernel_init(kw, (D, Y), dtype), "b": bias_init(kb, (Y,), dtype)}
 
     def apply(params, x):
         x = check_input(x, params["w"].shape[0])
@@ -176,11 +190,25 @@ def dense(output_size: int, *, kernel_init: Initializer = inits.glorot_uniform,
 
 
 def _check_rate(rate: Any) -> None:
+    """A real scalar in ``[0, 1)``; a traced rate (a swept hyperparameter) is not checked."""
     if isinstance(rate, jax.core.Tracer):
         return
+    if isinstance(rate, (bool, np.bool_, str)) or not isinstance(rate, (int, float, np.number, np.ndarray,
+                                                                       jax.Array)):
+        raise TypeError(f"rate must be a float scalar in [0, 1), got {type(rate).__name__} {rate!r}")
     r = np.asarray(rate)
+    if not (jnp.issubdtype(r.dtype, jnp.floating) or jnp.issubdtype(r.dtype, jnp.integer)):
+        raise TypeError(f"rate must be a float scalar in [0, 1), got dtype {r.dtype}")
     if r.ndim != 0 or not (0.0 <= float(r) < 1.0):
         raise ValueError(f"rate must be a scalar in [0, 1), got {rate!r}")
+
+
+def _check_dropout_args(x: Any, key: Any, name: str) -> None:
+    if not isinstance(x, (jax.Array, np.ndarray)) or not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{name} must be a floating-point array, got "
+                        f"{getattr(x, 'dtype', type(x).__name__)}")
+    if not isinstance(key, jax.Array):
+        raise TypeError(f"key must be a jax PRNG key (jax.random.key or PRNGKey), got {type(key).__name__}")
 
 
 def dropout(x: Array, rate: float | Array, *, key: PRNGKey) -> Array:
@@ -189,6 +217,7 @@ def dropout(x: Array, rate: float | Array, *, key: PRNGKey) -> Array:
     ``rate`` may be a traced scalar (a swept hyperparameter); ``rate = 0`` returns ``x`` exactly.
     """
     _check_rate(rate)
+    _check_dropout_args(x, key, "x")
     keep = 1.0 - jnp.asarray(rate, x.dtype)
     mask = jax.random.bernoulli(key, keep, x.shape)
     return jnp.where(mask, x / keep, jnp.zeros_like(x))
@@ -201,6 +230,8 @@ def variational_dropout(xs: Array, rate: float | Array, *, key: PRNGKey, time_ax
     every ``x_t`` are dropped.
     """
     _check_rate(rate)
+    _check_dropout_args(xs, key, "xs")
+    check_int("time_axis", time_axis, minimum=-xs.ndim)
     if not -xs.ndim <= time_axis < xs.ndim:
         raise ValueError(f"time_axis {time_axis} out of range for xs of rank {xs.ndim}")
     shape = list(xs.shape)
@@ -218,7 +249,11 @@ def recurrent_dropout(cell: Cell, rate: float | Array, *, key: PRNGKey) -> Cell:
     shape; the cell state ``c`` of an LSTM is left alone. Use a fresh ``key`` per training step,
     and the plain cell for evaluation.
     """
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell must be an rnnjax.Cell, got {type(cell).__name__}")
     _check_rate(rate)
+    if not isinstance(key, jax.Array):
+        raise TypeError(f"key must be a jax PRNG key (jax.random.key or PRNGKey), got {type(key).__name__}")
 
     def drop(h):
         keep = 1.0 - jnp.asarray(rate, h.dtype)
@@ -266,7 +301,12 @@ def learned_initial_carry(cell: Cell) -> Cell:
     starts from the plain cell), learned by gradient descent like any weight. ``unroll(cell,
     params, xs)`` with no ``carry`` then starts from ``carry0``, and ``resets`` restore it.
 
-    Params: ``{"cell": <the cell's params>, "carry0": <one carry, batch shape ()>}``.
+    Params: ``{"cell": <the cell's params>, "carry0": <one carry, batch shape ()>}``. Every param
+    is real: a complex carry leaf ``[...]`` (the LRU's and LinOSS's state) is stored as a real
+    ``[..., 2]`` array of its real and imaginary parts, so that any optimizer treats it like a
+    weight (optax's clipping and weight decay expect real leaves, and JAX's gradient of a real
+    loss with respect to a complex parameter is the conjugate of the descent direction, which
+    plain ``params - lr * grad`` would follow the wrong way in the imaginary part).
     Carry: the cell's. The cell's fast paths (``prepare``, ``sequence``, ``linear``) are kept.
 
     Args:
@@ -274,19 +314,32 @@ def learned_initial_carry(cell: Cell) -> Cell:
 
     Returns:
       a :class:`rnnjax.Cell` whose ``initial_carry(params, batch_shape)`` is ``carry0``
-      broadcast to ``batch_shape``.
+      broadcast to ``batch_shape`` (complex leaves rebuilt from their stored parts).
     """
     if not isinstance(cell, Cell):
         raise TypeError(f"cell must be an rnnjax.Cell, got {type(cell).__name__}")
 
     def init(key, input_size):
         params = cell.init(key, input_size)
-        return {"cell": params, "carry0": cell.initial_carry(params, ())}
+        zero = cell.initial_carry(params, ())
+        # complex leaves -> real [..., 2] (real, imaginary): params stay real for every optimizer
+        carry0 = jax.tree_util.tree_map(
+            lambda c: jnp.stack([c.real, c.imag], axis=-1) if jnp.iscomplexobj(c) else c, zero)
+        return {"cell": params, "carry0": carry0}
 
     def initial_carry(params, batch_shape):
         batch_shape = check_batch_shape(batch_shape)
-        return jax.tree_util.tree_map(lambda c: jnp.broadcast_to(c, (*batch_shape, *c.shape)),
-                                      params["carry0"])
+        zero = jax.eval_shape(lambda p: cell.initial_carry(p, ()), params["cell"])  # the leaves' dtypes
+
+        def leaf(c, z):
+            if jnp.issubdtype(z.dtype, jnp.complexfloating):
+                if c.shape != (*z.shape, 2):
+                    raise ValueError(f"carry0 must hold a complex carry leaf {z.shape} as a real array "
+                                     f"{(*z.shape, 2)} (real, imaginary), got shape {c.shape}")
+                c = jax.lax.complex(c[..., 0], c[..., 1]).astype(z.dtype)
+            return jnp.broadcast_to(c, (*batch_shape, *c.shape))
+
+        return jax.tree_util.tree_map(leaf, params["carry0"], zero)
 
     def apply(params, carry, x):
         return cell.apply(params["cell"], carry, x)

@@ -2,14 +2,15 @@
 
 Every loss reduces to a scalar mean over the valid positions. Shapes must match exactly: there is no
 silent broadcasting between, say, predictions ``[B, 1]`` and targets ``[B]``. An optional ``mask``
-selects (bool) or weights (float) positions; the result is ``sum(mask * loss) / sum(mask)``, and 0
-when nothing is valid (never NaN). Classification losses take *logits* and are numerically stable
-for any finite logits.
+selects (bool) or weights (float; finite and >= 0, checked outside ``jit``) positions; the result
+is ``sum(mask * loss) / sum(mask)``, and 0 when nothing is valid (never NaN). Classification losses
+take *logits* and are numerically stable for any finite logits.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -72,6 +73,21 @@ def _check_labels(labels: Array, num_classes: int, mask: Array | None) -> None:
                          f"dim of logits) at valid positions, got values in [{lab.min()}, {lab.max()}]")
 
 
+def _check_unit_interval(name: str, x: Array, mask: Array | None, what: str) -> None:
+    """Eagerly (outside jit) check that ``x`` lies in ``[0, 1]`` (no NaN) at valid positions."""
+    if not (_concrete(x) and (mask is None or _concrete(mask))) or x.size == 0:
+        return
+    v = np.asarray(x, np.float64)
+    if mask is not None:
+        m = np.asarray(mask) != 0
+        v = v[np.broadcast_to(m.reshape(m.shape + (1,) * (v.ndim - m.ndim)), v.shape)]
+    if v.size and (np.isnan(v).any() or v.min() < 0 or v.max() > 1):
+        raise ValueError(f"{name} must lie in [0, 1] ({what}) at valid positions, got values in "
+                         f"[{np.nanmin(v) if not np.isnan(v).all() else np.nan}, "
+                         f"{np.nanmax(v) if not np.isnan(v).all() else np.nan}]"
+                         f"{' and NaN' if np.isnan(v).any() else ''}")
+
+
 def _mask(mask: Any, shape: tuple[int, ...], ref_name: str, allow_prefix: bool = False) -> Array | None:
     if mask is None:
         return None
@@ -82,6 +98,11 @@ def _mask(mask: Any, shape: tuple[int, ...], ref_name: str, allow_prefix: bool =
                              f"(e.g. {shape[:-1]}), got {mask.shape}")
     else:
         _same_shape("mask", mask, ref_name, shape)
+    if _concrete(mask) and mask.size and mask.dtype != jnp.bool_:  # weights: finite and >= 0
+        w = np.asarray(mask, np.float64)
+        if not np.isfinite(w).all() or w.min() < 0:
+            raise ValueError(f"mask weights must be finite and >= 0, got values in "
+                             f"[{np.nanmin(w)}, {np.nanmax(w)}]{' and NaN' if np.isnan(w).any() else ''}")
     return mask
 
 
@@ -131,7 +152,8 @@ def binary_cross_entropy(logits: Array, labels: Array, *, mask: Array | None = N
 
     Args:
       logits: float array of any shape ``[...]``.
-      labels: targets in ``[0, 1]`` (bool, int or float) of exactly the same shape.
+      labels: targets in ``[0, 1]`` (bool, int or float) of exactly the same shape (checked
+        outside ``jit`` at valid positions).
       mask: optional bool/float array of the same shape.
 
     Returns:
@@ -141,6 +163,7 @@ def binary_cross_entropy(logits: Array, labels: Array, *, mask: Array | None = N
     labels = _array("labels", labels, "real", f"0/1 or probabilities, shape {logits.shape}")
     _same_shape("labels", labels, "logits", logits.shape)
     mask = _mask(mask, logits.shape, "logits")
+    _check_unit_interval("labels", labels, mask, "0/1 targets or probabilities; checked outside jit")
     z = labels.astype(logits.dtype)
     loss = jnp.maximum(logits, 0) - logits * z + jnp.log1p(jnp.exp(-jnp.abs(logits)))
     return _masked_mean(loss, mask)
@@ -196,7 +219,8 @@ def categorical_cross_entropy_probs(logits: Array, probs: Array, *, mask: Array 
 
     Args:
       logits: float array ``[..., C]``.
-      probs: float array ``[..., C]`` of exactly the same shape; each row sums to 1 (not checked).
+      probs: float array ``[..., C]`` of exactly the same shape, entries in ``[0, 1]`` (checked
+        outside ``jit``); each row sums to 1 (not checked).
       mask: optional bool/float array ``[...]`` (the leading dims).
 
     Returns:
@@ -206,6 +230,7 @@ def categorical_cross_entropy_probs(logits: Array, probs: Array, *, mask: Array 
     probs = _array("probs", probs, "real", f"one-hot or probabilities of shape {logits.shape}")
     _same_shape("probs", probs, "logits", logits.shape)
     mask = _mask(mask, logits.shape[:-1], "logits without the class dim")
+    _check_unit_interval("probs", probs, mask, "one-hot or probability targets; checked outside jit")
     logp = jax.nn.log_softmax(logits, axis=-1)
     # 0 * log p = 0 even where p underflows to 0 (log p = -inf).
     terms = jnp.where(probs != 0, probs.astype(logits.dtype) * logp, 0)
@@ -308,7 +333,7 @@ def binary_accuracy(logits: Array, labels: Array, *, mask: Array | None = None) 
 # ----------------------------------------------------------------------------- penalties
 
 
-def _key_name(k: Any) -> str:
+def key_name(k: Any) -> str:
     for attr in ("key", "name", "idx"):
         if hasattr(k, attr):
             return str(getattr(k, attr))
@@ -334,7 +359,7 @@ def _penalty(params: Params, include: Callable[[str, Array], bool], fn: Callable
         raise TypeError(f"include must be a callable (name, leaf) -> bool, got {type(include).__name__}")
     total = jnp.zeros((), jnp.float32)
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        name = "/".join(_key_name(k) for k in path)
+        name = "/".join(key_name(k) for k in path)
         if not hasattr(leaf, "dtype") or not jnp.issubdtype(leaf.dtype, jnp.floating):
             continue
         if include(name, leaf):

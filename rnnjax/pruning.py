@@ -32,15 +32,15 @@ boolean arrays, so the state checkpoints and resumes like any other (``rnnjax.ch
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rnnjax.losses import _key_name, is_weight
+from rnnjax.losses import is_weight, key_name
 from rnnjax.types import Array, Params
 
 __all__ = [
@@ -72,7 +72,7 @@ class PruneState(NamedTuple):
       target: the scheduled sparsity ``s_t`` of the last pruning step (0 before the first).
     """
 
-    count: Array
+    count: Array  # type: ignore[assignment]  # the field shadows tuple.count
     masks: Any
     hyperparams: dict[str, Array]
     target: Array
@@ -82,7 +82,7 @@ class PruneState(NamedTuple):
 
 
 def _name(path) -> str:
-    return "/".join(_key_name(k) for k in path)
+    return "/".join(key_name(k) for k in path)
 
 
 def _is_float(leaf: Any) -> bool:
@@ -96,7 +96,7 @@ def _selected(params: Params, include: Any) -> list[bool]:
         out = [bool(include(_name(p), leaf)) and _is_float(leaf) for p, leaf in flat]
     else:
         try:
-            chosen = treedef.flatten_up_to(include)
+            chosen = treedef.flatten_up_to(include)  # type: ignore[attr-defined]  # not in jax's stubs
         except (ValueError, TypeError) as e:
             raise ValueError(f"include must be a callable (name, leaf) -> bool or a pytree of "
                              f"bools with the params' structure; the pytree given does not match "
@@ -185,15 +185,24 @@ def _new_masks(weights: list[Array], old: list[Array], s: Array, scope: str) -> 
 
 
 def _hyper(name: str, value: Any, lo: float, hi: float | None, integer: bool) -> Any:
-    if isinstance(value, jax.core.Tracer) or isinstance(value, jax.Array):
+    """A hyperparameter as an array leaf. Concrete values (Python and NumPy numbers and arrays, and
+    concrete ``jax.Array`` s, e.g. a stacked sweep axis) are range-checked on the host, every
+    element; traced values (inside ``jit``/``vmap``) cannot be and are taken unchecked."""
+    if isinstance(value, jax.core.Tracer):
         return jnp.asarray(value, jnp.int32 if integer else jnp.float32)
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number, np.ndarray)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number, np.ndarray,
+                                                                    jax.Array)):
         raise TypeError(f"{name} must be a number or an array, got {type(value).__name__} {value!r}")
-    v = float(np.asarray(value))
-    if math.isnan(v) or v < lo or (hi is not None and v > hi) or (integer and v != int(v)):
-        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+    host = np.asarray(value)
+    if not (np.issubdtype(host.dtype, np.floating) or np.issubdtype(host.dtype, np.integer)):
+        raise TypeError(f"{name} must be a real number or array, got dtype {host.dtype}")
+    v = host.astype(np.float64)
+    rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+    if np.any(np.isnan(v)) or np.any(v < lo) or (hi is not None and np.any(v > hi)) \
+            or (integer and np.any(v != np.round(v))):
         raise ValueError(f"{name} must be {'an integer ' if integer else ''}{rng}, got {value!r}")
-    return np.asarray(value, np.int32 if integer else np.float32)
+    out = host.astype(np.int32 if integer else np.float32)
+    return jnp.asarray(out) if isinstance(value, jax.Array) else out
 
 
 def prune(sparsity: float | Array, *, include: Callable[[str, Array], bool] | Any = is_weight,
@@ -224,6 +233,11 @@ def prune(sparsity: float | Array, *, include: Callable[[str, Array], bool] | An
       initial_sparsity: ``s_i``, the target at ``t_0`` of a gradual schedule.
       power: the schedule's exponent (3 in the paper).
 
+    Every numeric setting is range-checked when it is concrete (a Python or NumPy number, or a
+    concrete ``jax.Array``, every element of it): ``prune(jnp.array(1.5))`` raises a ``ValueError``
+    naming ``sparsity``. Traced values (``prune`` built inside ``jit`` or ``vmap``) cannot be
+    checked and are used as given.
+
     Returns:
       An ``optax.GradientTransformation`` with a :class:`PruneState`; ``update(updates, state,
       params)`` needs ``params``.
@@ -241,8 +255,8 @@ def prune(sparsity: float | Array, *, include: Callable[[str, Array], bool] | An
         "frequency": _hyper("frequency", frequency, 1, None, True),
         "power": _hyper("power", power, 0.0, None, False),
     }
-    if all(isinstance(hp[k], np.ndarray) for k in ("begin_step", "end_step")) \
-            and hp["end_step"] < hp["begin_step"]:
+    if not any(isinstance(hp[k], jax.core.Tracer) for k in ("begin_step", "end_step")) \
+            and np.any(np.asarray(hp["end_step"]) < np.asarray(hp["begin_step"])):
         raise ValueError(f"end_step ({end_step}) must be >= begin_step ({begin_step})")
 
     def init(params):
@@ -288,7 +302,8 @@ def prune(sparsity: float | Array, *, include: Callable[[str, Array], bool] | An
     return optax.GradientTransformation(init, update)
 
 
-def pruned(tx: optax.GradientTransformation, sparsity: float | Array, **kwargs: Any) -> optax.GradientTransformation:
+def pruned(tx: optax.GradientTransformation, sparsity: float | Array,
+           **kwargs: Any) -> optax.GradientTransformation:
     """``optax.chain(tx, prune(sparsity, **kwargs))``: the optimizer ``tx`` with magnitude pruning.
 
     Args:
@@ -306,7 +321,7 @@ def pruned(tx: optax.GradientTransformation, sparsity: float | Array, **kwargs: 
 
 def find_prune_state(opt_state: Any) -> PruneState:
     """The :class:`PruneState` inside an optimizer state (e.g. of ``optax.chain(tx, prune(...))``)."""
-    is_ps = lambda x: isinstance(x, PruneState)  # noqa: E731
+    is_ps = lambda x: isinstance(x, PruneState)
     for node in jax.tree_util.tree_leaves(opt_state, is_leaf=is_ps):
         if is_ps(node):
             return node
@@ -329,7 +344,7 @@ def current_sparsity(opt_state: Any) -> Array:
     if n == 0:
         return jnp.zeros([], jnp.float32)
     pruned_count = sum(jnp.sum(jnp.logical_not(m)).astype(jnp.float32) for m in ms)
-    return (pruned_count / n).astype(jnp.float32)
+    return (pruned_count / n).astype(jnp.float32)  # type: ignore[union-attr]  # n > 0: not sum's 0
 
 
 def leaf_sparsity(params: Params, *, include: Callable[[str, Array], bool] = is_weight) -> dict[str, Array]:
@@ -350,4 +365,5 @@ def sparsity(params: Params, *, include: Callable[[str, Array], bool] = is_weigh
     n = sum(int(np.prod(x.shape)) for x in leaves)
     if n == 0:
         return jnp.zeros([], jnp.float32)
-    return (sum(jnp.sum(x == 0).astype(jnp.float32) for x in leaves) / n).astype(jnp.float32)
+    total = sum(jnp.sum(x == 0).astype(jnp.float32) for x in leaves)
+    return (total / n).astype(jnp.float32)  # type: ignore[union-attr]  # n > 0: not sum's 0

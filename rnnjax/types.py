@@ -17,7 +17,8 @@ sharding compose with every piece.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Protocol
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
 
 import jax
 
@@ -36,7 +37,7 @@ class InitialCarryFn(Protocol):
 
 
 class ApplyFn(Protocol):
-    def __call__(self, params: Params, carry: Carry, x: Array) -> tuple[Carry, Array]: ...
+    def __call__(self, params: Params, carry: Carry, x: Array, /) -> tuple[Carry, Array]: ...
 
 
 class LinearRecurrence(NamedTuple):
@@ -75,7 +76,7 @@ class LinearForm(NamedTuple):
         carries after each step ``[T, ..., N]`` and the inputs ``[T, ..., D]``.
     """
 
-    coefficients: Callable[[Params, Array], "LinearRecurrence | LogLinearRecurrence"]
+    coefficients: Callable[[Params, Array], LinearRecurrence | LogLinearRecurrence]
     readout: Callable[[Params, Array, Array], Array]
 
 

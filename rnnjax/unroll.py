@@ -7,18 +7,25 @@ import functools
 import inspect
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rnnjax._block_scan import block_carries
-from rnnjax.types import (Array, BlockLinearRecurrence, Carry, Cell, LinearRecurrence,
-                          LogLinearRecurrence, Params)
+from rnnjax.types import (
+    Array,
+    BlockLinearRecurrence,
+    Carry,
+    Cell,
+    LinearRecurrence,
+    LogLinearRecurrence,
+    Params,
+)
 
 
-def _check_xs(xs: Any, time_major: bool) -> tuple[int, tuple[int, ...]]:
+def check_xs(xs: Any, time_major: bool) -> tuple[int, tuple[int, ...]]:
     if not isinstance(xs, (jax.Array, np.ndarray)):
         raise TypeError(f"xs must be a jax or numpy array of shape [T, ..., D] (time-major) or "
                         f"[..., T, D], got {type(xs).__name__}")
@@ -30,7 +37,7 @@ def _check_xs(xs: Any, time_major: bool) -> tuple[int, tuple[int, ...]]:
     return xs.shape[-2], tuple(xs.shape[:-2])
 
 
-def _check_lengths(lengths: Any, T: int, batch_shape: tuple[int, ...]) -> Array:
+def check_lengths(lengths: Any, T: int, batch_shape: tuple[int, ...]) -> Array:
     if not isinstance(lengths, (jax.Array, np.ndarray, list, tuple)):
         raise TypeError(f"lengths must be an int array of shape {batch_shape}, got "
                         f"{type(lengths).__name__}")
@@ -48,7 +55,35 @@ def _check_lengths(lengths: Any, T: int, batch_shape: tuple[int, ...]) -> Array:
     return lengths
 
 
-def _check_carry(carry: Carry, batch_shape: tuple[int, ...]) -> None:
+def _lengths_and_bad(lengths: Any, T: int, batch_shape: tuple[int, ...]) -> tuple[Array, Array | None]:
+    """``(lengths, bad)``: concrete lengths outside ``[0, T]`` raise (:func:`check_lengths`);
+    traced ones cannot, so they are clipped into ``[0, T]`` and ``bad`` (bool, the batch shape)
+    marks the out-of-range ones, whose outputs and carries :func:`_poison` turns into NaN. ``bad``
+    is None for concrete lengths."""
+    lengths = check_lengths(lengths, T, batch_shape)
+    if not isinstance(lengths, jax.core.Tracer):
+        return lengths, None
+    return jnp.clip(lengths, 0, T), (lengths < 0) | (lengths > T)
+
+
+def _poison(bad: Array | None, tree: Any, lead: int = 0) -> Any:
+    """NaN in every floating leaf of ``tree`` for the sequences where ``bad`` (batch shape) is true.
+
+    ``lead``: the number of axes before the batch axes (1 for ``[T, ...]`` outputs and carries).
+    """
+    if bad is None:
+        return tree
+
+    def leaf(a):
+        if not jnp.issubdtype(a.dtype, jnp.inexact):
+            return a
+        m = bad.reshape((1,) * lead + bad.shape + (1,) * (a.ndim - lead - bad.ndim))
+        return jnp.where(m, jnp.full((), jnp.nan, a.dtype), a)
+
+    return jax.tree_util.tree_map(leaf, tree)
+
+
+def check_carry(carry: Carry, batch_shape: tuple[int, ...]) -> None:
     for leaf in jax.tree_util.tree_leaves(carry):
         if not hasattr(leaf, "shape"):
             raise TypeError(f"carry leaves must be arrays, got {type(leaf).__name__}")
@@ -90,7 +125,7 @@ def _expected_params_uncached(cell: Cell, input_size: int):
     if cell.prepare is not None:
         try:
             prepared = jax.eval_shape(cell.prepare, raw)
-        except Exception:  # noqa: BLE001 - only an alternative form; the raw form is checked
+        except Exception:  # only an alternative form; the raw form is checked
             prepared = None
     return raw, prepared
 
@@ -157,9 +192,9 @@ def _match_params(expected, given, path: str, errors: list, shape_pairs: list) -
                 _match_params(e, given[k], f"{path}[{k!r}]", errors, shape_pairs)
         for k in given:
             if k not in expected:
-                shape = getattr(given[k], "shape", None)
+                found = getattr(given[k], "shape", None)
                 errors.append(f"{path}[{k!r}] is not a parameter of this cell" +
-                              ("" if shape is None else f" (found shape {_fmt_shape(shape)})"))
+                              ("" if found is None else f" (found shape {_fmt_shape(found)})"))
         return
     if isinstance(expected, (tuple, list)):
         if not isinstance(given, (tuple, list)) or len(given) != len(expected):
@@ -175,7 +210,7 @@ def _match_params(expected, given, path: str, errors: list, shape_pairs: list) -
     # another pytree node type: compare structure and leaf shapes
     e_leaves, e_def = jax.tree_util.tree_flatten(expected)
     g_leaves, g_def = jax.tree_util.tree_flatten(given)
-    if e_def != g_def:
+    if e_def != g_def:  # type: ignore[operator]  # PyTreeDef defines != (not in jax's stubs)
         errors.append(f"{path} has structure {g_def}, expected {e_def}")
         return
     for i, (e, g) in enumerate(zip(e_leaves, g_leaves)):
@@ -183,7 +218,8 @@ def _match_params(expected, given, path: str, errors: list, shape_pairs: list) -
 
 
 def _param_errors(expected, params) -> tuple[list, list]:
-    errors, pairs = [], []
+    errors: list[str] = []
+    pairs: list[tuple] = []
     _match_params(expected, params, "params", errors, pairs)
     return errors, pairs
 
@@ -234,27 +270,35 @@ def _param_dtype(params: Params):
     return next(iter(found)) if found else None
 
 
-def _check_carry_dtype(cell: Cell, params: Params, carry: Carry, batch_shape: tuple[int, ...]) -> None:
-    """The given carry must have the dtypes of ``cell.initial_carry(params, batch_shape)``."""
+def _check_carry_fits(cell: Cell, params: Params, carry: Carry, batch_shape: tuple[int, ...]) -> None:
+    """The given carry must have the structure, shapes and dtypes of
+    ``cell.initial_carry(params, batch_shape)`` (from ``jax.eval_shape``: nothing is computed)."""
     try:
         expected = jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params)
     except _CONCRETE_ERRORS:
         return
-    e_leaves, g_leaves = jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(carry)
-    if len(e_leaves) != len(g_leaves):
-        raise ValueError(f"carry has {len(g_leaves)} arrays but the {_cell_name(cell)!r} cell's "
-                         f"carry has {len(e_leaves)}; make it with cell.initial_carry(params, "
-                         f"{batch_shape})")
-    for path_leaf, e in zip(jax.tree_util.tree_flatten_with_path(carry)[0], e_leaves):
-        path, g = path_leaf
+    name, hint = _cell_name(cell), f"make it with cell.initial_carry(params, {batch_shape})"
+    e_leaves, e_def = jax.tree_util.tree_flatten(expected)
+    g_paths, g_def = jax.tree_util.tree_flatten_with_path(carry)
+    if len(e_leaves) != len(g_paths):
+        raise ValueError(f"carry has {len(g_paths)} arrays but the {name!r} cell's carry has "
+                         f"{len(e_leaves)}; {hint}")
+    if g_def != e_def:  # type: ignore[operator]  # PyTreeDef defines != (not in jax's stubs)
+        raise ValueError(f"carry has structure {g_def} but the {name!r} cell's carry has structure "
+                         f"{e_def}; {hint}")
+    for (path, g), e in zip(g_paths, e_leaves):
+        where = f"carry{jax.tree_util.keystr(path)}"
+        if tuple(g.shape) != tuple(e.shape):
+            raise ValueError(f"{where} has shape {tuple(g.shape)} but the {name!r} cell's carry "
+                             f"for batch shape {batch_shape} has shape {tuple(e.shape)} there (a "
+                             f"carry made for another hidden size?); {hint}")
         if jnp.dtype(g.dtype) != jnp.dtype(e.dtype):
-            raise TypeError(f"carry{jax.tree_util.keystr(path)} has dtype {g.dtype} but the "
-                            f"{_cell_name(cell)!r} cell's carry is {e.dtype} for these params (a "
-                            f"cell computes in its params' dtype); make the carry with "
-                            f"cell.initial_carry(params, {batch_shape}) or cast it")
+            raise TypeError(f"{where} has dtype {g.dtype} but the {name!r} cell's carry is "
+                            f"{e.dtype} for these params (a cell computes in its params' dtype); "
+                            f"{hint} or cast it")
 
 
-def _select(mask: Array, new: Carry, old: Carry) -> Carry:
+def select_carry(mask: Array, new: Carry, old: Carry) -> Carry:
     """``new`` where ``mask`` (shape = batch shape), else ``old``, leaf by leaf."""
 
     def pick(n, o):
@@ -331,11 +375,14 @@ def _log_combine_reset(earlier, later):
 
 
 def _parallel_unroll(cell: Cell, params: Params, xs: Array, carry: Array, reverse: bool,
-                     lengths: Array | None, resets: Array | None = None) -> tuple[Array, Array]:
+                     lengths: Array | None, resets: Array | None = None,
+                     history: bool = False) -> tuple[Array, ...]:
     """Forward-order associative scan over time-major ``xs [T, ..., D]`` (``T >= 1``).
 
     ``resets [T, ...]`` (bool, in the time order of ``xs``, already shifted for ``reverse`` by
     ``unroll``): where true, that step starts from ``carry`` (``a_t = 0``, ``b_t + a_t carry``).
+    ``history=True`` also returns ``after [T, ...]``: the carry the sequential scan holds after
+    the step at ``xs[t]`` (see :func:`sequential`), in the time order of ``xs``.
     """
     T = xs.shape[0]
     idx = None
@@ -346,7 +393,9 @@ def _parallel_unroll(cell: Cell, params: Params, xs: Array, carry: Array, revers
     elif reverse:
         xs = xs[::-1]
         resets = None if resets is None else resets[::-1]
-    rec = cell.linear.coefficients(params, xs)
+    linear = cell.linear
+    assert linear is not None  # the parallel path is taken only for cells with a linear form
+    rec = linear.coefficients(params, xs)
     valid = None
     if lengths is not None:
         valid = jnp.arange(T).reshape((T,) + (1,) * lengths.ndim) < lengths[None]  # [T, ...]
@@ -383,59 +432,92 @@ def _parallel_unroll(cell: Cell, params: Params, xs: Array, carry: Array, revers
         raise TypeError(f"{_cell_name(cell)}.linear.coefficients must return a LinearRecurrence, "
                         f"LogLinearRecurrence or BlockLinearRecurrence, got {type(rec).__name__}")
     carries = carries.astype(carry.dtype)
-    ys = cell.linear.readout(params, carries, xs)
+    ys = linear.readout(params, carries, xs)
     if valid is not None:
         ys = jnp.where(_bcast(valid, ys), ys, jnp.zeros_like(ys))
     if idx is not None:
         ys = _take_time(ys, idx)
     elif reverse:
         ys = ys[::-1]
-    return carries[-1], ys
+    if not history:
+        return carries[-1], ys
+    after = carries
+    if idx is not None:  # padded steps come first in the backward scan: they hold the initial carry
+        assert valid is not None  # idx is set only with lengths
+        after = jnp.where(_bcast(valid, carries), _take_time(carries, idx), carry[None])
+    elif reverse:
+        after = carries[::-1]
+    return carries[-1], ys, after
 
 
-def _accepts_resets(fn) -> bool:
-    """Whether a ``Cell.sequence`` hook takes ``resets=`` (hooks written before resets do not)."""
+def _accepts(fn, name: str) -> bool:
+    """Whether a ``Cell.sequence`` hook takes the keyword ``name`` (older hooks do not)."""
     try:
         ps = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
-    return "resets" in ps or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in ps.values())
+    return name in ps or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in ps.values())
 
 
-def _sequential(cell: Cell, params: Params, *, reverse: bool, unroll: int | bool, remat: bool):
-    """``run(carry, xs, mask, resets=None, reset_carry=None) -> (carry, ys)``.
+def _accepts_resets(fn) -> bool:
+    """Whether a ``Cell.sequence`` hook takes ``resets=`` (hooks written before resets do not)."""
+    return _accepts(fn, "resets")
+
+
+def _step(cell: Cell, params: Params, c0: Carry):
+    """One step with the padding and reset rules: ``step(c, x, m, r) -> (new_c, y)``.
+
+    ``m`` (batch shape, or None): False = padded (carry kept, output zero); ``r`` (or None): True =
+    the carry entering the step is ``c0``.
+    """
+
+    def step(c, x, m, r):
+        c_in = c if r is None else select_carry(r, c0, c)
+        new_c, y = cell.apply(params, c_in, x)
+        if m is None:
+            return new_c, y
+        return select_carry(m, new_c, c), jnp.where(_bcast(m, y), y, jnp.zeros_like(y))
+
+    return step
+
+
+def sequential(cell: Cell, params: Params, *, reverse: bool, unroll: int | bool, remat: bool):
+    """``run(carry, xs, mask, resets=None, reset_carry=None, history=False) -> (carry, ys)``.
 
     The cell's fused path, or a ``lax.scan`` of ``apply``. ``mask [T, ...]``: False = padded step
     (carry kept, output zero). ``resets [T, ...]``: True = the carry entering that step (in the
-    order the scan runs) is ``reset_carry`` (``carry`` if None).
+    order the scan runs) is ``reset_carry`` (``carry`` if None). ``history=True`` returns
+    ``(carry, ys, after)`` with ``after [T, ...]`` the carry after the step at ``xs[t]`` (time
+    order of ``xs``; a padded step's is the carry it was given).
     """
 
-    def scan_run(c, xs, mask, resets=None, reset_carry=None):
-        c0 = c if reset_carry is None else reset_carry
+    def scan_run(c, xs, mask, resets=None, reset_carry=None, history=False):
+        step = _step(cell, params, c if reset_carry is None else reset_carry)
 
-        def step(c, inp):
-            x, m, r = inp
-            c_in = c if r is None else _select(r, c0, c)
-            new_c, y = cell.apply(params, c_in, x)
-            if m is None:
-                return new_c, y
-            return _select(m, new_c, c), jnp.where(_bcast(m, y), y, jnp.zeros_like(y))
+        def body(c, inp):
+            new_c, y = step(c, *inp)
+            return new_c, ((y, new_c) if history else y)
 
         if remat:
-            step = jax.checkpoint(step)
-        return jax.lax.scan(step, c, (xs, mask, resets), reverse=reverse, unroll=unroll)
+            body = jax.checkpoint(body)
+        c, out = jax.lax.scan(body, c, (xs, mask, resets), reverse=reverse, unroll=unroll)
+        return (c, *out) if history else (c, out)
 
     if cell.sequence is None or remat:
         return scan_run
     sequence = cell.sequence
 
-    def fused_run(c, xs, mask, resets=None, reset_carry=None):
-        if resets is None:
-            return sequence(params, c, xs, mask=mask, reverse=reverse, unroll=unroll)
-        if _accepts_resets(sequence):
-            return sequence(params, c, xs, mask=mask, reverse=reverse, unroll=unroll,
-                            resets=resets, reset_carry=reset_carry)
-        return scan_run(c, xs, mask, resets, reset_carry)  # a hook without resets: plain scan
+    def fused_run(c, xs, mask, resets=None, reset_carry=None, history=False):
+        kw = {}
+        if resets is not None:
+            if not _accepts(sequence, "resets"):
+                return scan_run(c, xs, mask, resets, reset_carry, history)
+            kw = dict(resets=resets, reset_carry=reset_carry)
+        if history:
+            if not _accepts(sequence, "return_carries"):  # a hook without it: plain scan
+                return scan_run(c, xs, mask, resets, reset_carry, history)
+            kw["return_carries"] = True
+        return sequence(params, c, xs, mask=mask, reverse=reverse, unroll=unroll, **kw)
 
     return fused_run
 
@@ -449,7 +531,7 @@ def _check_chunk(remat_chunk: Any, T: int) -> int:
 
 
 def _chunked(run, carry, xs, mask, k: int, reverse: bool, batch_shape: tuple[int, ...],
-             resets: Array | None = None):
+             resets: Array | None = None, history: bool = False):
     """Run ``run`` over chunks of ``k`` steps, each chunk rematerialised in the backward pass."""
     T = xs.shape[0]
     n = -(-T // k)
@@ -467,10 +549,64 @@ def _chunked(run, carry, xs, mask, k: int, reverse: bool, batch_shape: tuple[int
 
     chunks = (split(xs), split(mask), split(resets))
     carry0 = carry  # a reset inside any chunk restores the carry of the whole sequence
-    body = jax.checkpoint(lambda c, inp: run(c, inp[0], inp[1], inp[2],
-                                             None if inp[2] is None else carry0))
-    carry, ys = jax.lax.scan(body, carry, chunks, reverse=reverse)
-    return carry, ys.reshape((n * k,) + ys.shape[2:])[:T]
+
+    def body(c, inp):
+        out = run(c, inp[0], inp[1], inp[2], None if inp[2] is None else carry0, history)
+        return out[0], out[1:]
+
+    carry, out = jax.lax.scan(jax.checkpoint(body), carry, chunks, reverse=reverse)
+    out = jax.tree_util.tree_map(lambda a: a.reshape((n * k,) + a.shape[2:])[:T], out)
+    return (carry, *out)
+
+
+class _Setup(NamedTuple):
+    """What :func:`unroll` and :func:`unroll_reduce` share after checking their arguments."""
+    params: Params       # prepared (``cell.prepare``) when the cell has the hook
+    carry: Carry         # the initial carry
+    dtype: Any           # the computation dtype (params' floating dtype) or None
+    lengths: Array | None  # clipped into [0, T]
+    bad: Array | None    # traced lengths that were outside [0, T] (batch shape), else None
+    resets: Array | None  # time-major, shifted for reverse (the carry entering step t is reset)
+
+
+def _setup(cell: Cell, params: Params, T: int, batch_shape: tuple[int, ...], input_size: int,
+           carry: Carry | None, lengths: Any, resets: Any, reverse: bool, time_major: bool,
+           prepare: bool = True) -> _Setup:
+    """The argument checks of :func:`unroll` and :func:`unroll_reduce`, in one place."""
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell must be an rnnjax.Cell, got {type(cell).__name__}")
+    _check_params(cell, params, input_size)
+    dtype = _param_dtype(params)
+    if carry is None:
+        carry = cell.initial_carry(params, batch_shape)
+    else:
+        check_carry(carry, batch_shape)
+        _check_carry_fits(cell, params, carry, batch_shape)
+    bad = None
+    if lengths is not None:
+        lengths, bad = _lengths_and_bad(lengths, T, batch_shape)
+    if resets is not None:
+        resets = _check_resets(resets, T, batch_shape, time_major)
+        if reverse and T > 0:  # entering step t backwards = leaving step t + 1: reset where t + 1 starts
+            resets = jnp.concatenate([resets[1:], jnp.zeros((1,) + resets.shape[1:], bool)])
+    if prepare and cell.prepare is not None:
+        params = cell.prepare(params)
+    return _Setup(params, carry, dtype, lengths, bad, resets)
+
+
+def _cast(x: Array, dtype) -> Array:
+    """Floating inputs in the computation dtype (params' dtype)."""
+    if dtype is not None and jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype:
+        return jnp.asarray(x).astype(dtype)
+    return x
+
+
+def _with_initial(c0: Carry, after: Carry, reverse: bool) -> Carry:
+    """The ``T + 1`` carries: ``[c0, after...]`` forwards, ``[after..., c0]`` backwards."""
+    def cat(a0, a):
+        a0 = a0.astype(a.dtype)[None]
+        return jnp.concatenate([a, a0] if reverse else [a0, a])
+    return jax.tree_util.tree_map(cat, c0, after)
 
 
 def unroll(
@@ -487,6 +623,7 @@ def unroll(
     remat: bool = False,
     remat_chunk: int | str | None = None,
     parallel: bool | None = None,
+    return_carries: bool = False,
 ) -> tuple[Carry, Array]:
     """Run ``cell`` over the time axis of ``xs`` with ``jax.lax.scan``.
 
@@ -501,6 +638,9 @@ def unroll(
       xs: inputs ``[T, ..., D]`` when ``time_major`` (e.g. ``[T, B, D]`` or ``[T, D]``), else
         ``[..., T, D]`` (e.g. ``[B, T, D]``).
       carry: initial carry with leading batch shape ``...``; ``cell.initial_carry`` (zeros) if None.
+        It must have the structure, shapes and dtypes of ``cell.initial_carry(params, ...)``:
+        otherwise a ``ValueError`` (``TypeError`` for a dtype) names the leaf, its shape and the
+        expected one.
       time_major: layout of ``xs`` and of the returned ``ys``.
       reverse: run from the last step to the first. With ``lengths``, each sequence is reversed
         within its valid part: the cell consumes ``x[len-1], ..., x[0]``.
@@ -508,6 +648,8 @@ def unroll(
         carry unchanged and output zeros, so the final carry is each sequence's carry at its last
         valid step. Padded steps are inert: their inputs (NaN, inf, anything) are replaced by
         zeros before any path sees them, so nothing in them reaches outputs, carries or gradients.
+        Concrete lengths outside ``[0, T]`` raise a ``ValueError``; traced ones (under ``jit``)
+        cannot be checked, so such a sequence's outputs and final carry (and carries) are NaN.
       resets: bool array with the layout of ``xs`` minus its last axis (``[T, ...]`` time-major,
         ``[..., T]`` otherwise). Where ``resets[t, b]`` is true, sequence ``b`` starts a new
         segment at step ``t`` (an episode boundary, a new document in a packed sequence): the
@@ -533,6 +675,20 @@ def unroll(
         ``False`` runs ``lax.scan``. ``None`` picks: parallel for cells with a linear form on
         GPU/TPU when ``T >= PARALLEL_MIN_STEPS[backend]`` (64), sequential otherwise and always on
         CPU (where ``lax.scan`` measured faster).
+      return_carries: return every carry in place of the final one: ``(carries, ys)``, where
+        ``carries`` has the carry's structure with a time axis of length ``T + 1`` on each leaf
+        (``[T + 1, ..., H]`` time-major; ``[..., T + 1, H]`` otherwise, after the batch axes, as
+        in ``ys``). ``carries[t]`` is the carry at the boundary before ``xs[t]``: forwards, the
+        carry after the (valid) steps of ``xs[:t]``, so ``carries[0]`` is the initial carry,
+        ``carries[t]`` the carry entering ``xs[t]`` and ``carries[T]`` the final carry; with
+        ``reverse=True``, the carry after the (valid) steps of ``xs[t:]``, so ``carries[T]`` is
+        the initial carry, ``carries[t + 1]`` the carry entering ``xs[t]`` and ``carries[0]`` the
+        final carry. Padded steps hold the carry (forwards the last valid step's carry; backwards
+        the initial carry, as the padding comes first there); with ``resets`` an entry is the
+        carry the previous step produced (the end of the previous segment), not the reset carry
+        the next step starts from. Same values and gradients on every path; the cost is
+        ``T + 1`` carries stored (``(T + 1) * B * 2H`` numbers for an LSTM), also under
+        ``remat_chunk``.
 
     Dtypes: a cell computes in its params' dtype (all floating params must share one dtype).
     Floating ``xs`` of another dtype are cast to it (float16 inputs with float32 params compute
@@ -542,29 +698,20 @@ def unroll(
     If the cell has a ``prepare`` hook, ``unroll`` calls it once on ``params`` before the loop.
 
     Returns:
-      ``(final_carry, ys)`` with ``ys`` of shape ``[T, ..., O]`` (time-major) or ``[..., T, O]``.
+      ``(final_carry, ys)`` with ``ys`` of shape ``[T, ..., O]`` (time-major) or ``[..., T, O]``
+      (``(carries, ys)`` with ``return_carries=True``: the same tuple and tree structure).
       For ``T = 0`` the carry is returned unchanged with an empty ``ys``.
     """
     if not isinstance(cell, Cell):
         raise TypeError(f"cell must be an rnnjax.Cell, got {type(cell).__name__}")
-    T, batch_shape = _check_xs(xs, time_major)
+    T, batch_shape = check_xs(xs, time_major)
     if not time_major:
         xs = jnp.moveaxis(xs, -2, 0)
-    _check_params(cell, params, xs.shape[-1])
-    dtype = _param_dtype(params)
-    if dtype is not None and jnp.issubdtype(xs.dtype, jnp.floating) and xs.dtype != dtype:
-        xs = jnp.asarray(xs).astype(dtype)
-    if carry is None:
-        carry = cell.initial_carry(params, batch_shape)
-    else:
-        _check_carry(carry, batch_shape)
-        _check_carry_dtype(cell, params, carry, batch_shape)
-    if lengths is not None:
-        lengths = _check_lengths(lengths, T, batch_shape)
-    if resets is not None:
-        resets = _check_resets(resets, T, batch_shape, time_major)
     if parallel is not None and not isinstance(parallel, bool):
         raise TypeError(f"parallel must be True, False or None, got {parallel!r}")
+    s = _setup(cell, params, T, batch_shape, xs.shape[-1], carry, lengths, resets, reverse,
+               time_major, prepare=False)
+    xs, carry, lengths, resets = _cast(xs, s.dtype), s.carry, s.lengths, s.resets
     if parallel and cell.linear is None:
         raise ValueError(f"parallel=True needs a cell whose recurrence is linear in the carry "
                          f"(cell.linear), but the {_cell_name(cell)!r} cell has none; such cells "
@@ -577,6 +724,7 @@ def unroll(
         parallel = remat_chunk is None and _auto_parallel(cell, T)
     if cell.prepare is not None:
         params = cell.prepare(params)
+    history = bool(return_carries)
 
     mask = None
     if lengths is not None:
@@ -584,30 +732,167 @@ def unroll(
         # Padded inputs become zeros before any path sees them: f(0) is finite, so the masked
         # selection passes a zero (not a NaN) cotangent into the unused branch.
         xs = jnp.where(mask[..., None], xs, jnp.zeros((), xs.dtype))
-    if resets is not None and T > 0:
-        if reverse:  # entering step t backwards = leaving step t + 1: reset where t + 1 starts
-            resets = jnp.concatenate([resets[1:], jnp.zeros((1,) + resets.shape[1:], bool)])
-        if mask is not None:
+        if resets is not None:
             resets = resets & mask
 
     if parallel and T > 0:
         if not isinstance(carry, (jax.Array, np.ndarray)):
             raise TypeError(f"the parallel path needs a single-array carry, got "
                             f"{type(carry).__name__}")
-        run = lambda p, x, c: _parallel_unroll(cell, p, x, c, reverse, lengths, resets)  # noqa: E731
+        run = lambda p, x, c: _parallel_unroll(cell, p, x, c, reverse, lengths, resets, history)
         if remat:
             run = jax.checkpoint(run)
-        carry, ys = run(params, xs, jnp.asarray(carry))
-        if not time_major:
-            ys = jnp.moveaxis(ys, 0, -2)
-        return carry, ys
-
-    run = _sequential(cell, params, reverse=reverse, unroll=unroll, remat=remat)
-    if remat_chunk is None or T == 0:
-        carry, ys = run(carry, xs, mask, resets)
+        out = run(params, xs, jnp.asarray(carry))
     else:
-        carry, ys = _chunked(run, carry, xs, mask, _check_chunk(remat_chunk, T), reverse,
-                             batch_shape, resets)
+        run = sequential(cell, params, reverse=reverse, unroll=unroll, remat=remat)
+        if remat_chunk is None or T == 0:
+            out = run(carry, xs, mask, resets, None, history)
+        else:
+            out = _chunked(run, carry, xs, mask, _check_chunk(remat_chunk, T), reverse,
+                           batch_shape, resets, history)
+    final, ys = _poison(s.bad, out[0]), _poison(s.bad, out[1], lead=1)
     if not time_major:
         ys = jnp.moveaxis(ys, 0, -2)
-    return carry, ys
+    if not history:
+        return final, ys
+    carries = _poison(s.bad, _with_initial(carry, out[2], reverse), lead=1)
+    if not time_major:
+        carries = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 0, len(batch_shape)), carries)
+    return carries, ys
+
+
+def _stream(inputs: Any, length: Any):
+    """``(T, batch_shape, D, at, chunk)`` for :func:`unroll_reduce`'s ``inputs``.
+
+    ``at(t)`` is ``x_t`` (``[..., D]``) and ``chunk(start, size)`` the ``[size, ..., D]`` steps from
+    ``start``; for a function ``t -> x_t`` both evaluate it (nothing of size ``T`` exists).
+    """
+    if isinstance(inputs, (jax.Array, np.ndarray)):
+        T, batch_shape = check_xs(inputs, True)
+        if length is not None and length != T:
+            raise ValueError(f"length={length!r} but inputs has {T} steps (leading axis); leave "
+                             f"length=None for an array")
+        xs = jnp.asarray(inputs)
+        return (T, batch_shape, xs.shape[-1],
+                lambda t: jax.lax.dynamic_index_in_dim(xs, t, keepdims=False),
+                lambda start, size: jax.lax.dynamic_slice_in_dim(xs, start, size))
+    if not callable(inputs):
+        raise TypeError(f"inputs must be an array [T, ..., D] or a function t -> x_t of shape "
+                        f"[..., D], got {type(inputs).__name__}")
+    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
+        raise TypeError(f"inputs is a function t -> x_t, so length must be the number of steps T "
+                        f"(an int >= 0), got {length!r}")
+    spec = jax.eval_shape(inputs, jax.ShapeDtypeStruct((), jnp.int32))
+    if not isinstance(spec, jax.ShapeDtypeStruct) or len(spec.shape) < 1:
+        raise TypeError(f"inputs(t) must return one array x_t of shape [..., D] (rank >= 1), got "
+                        f"{spec}")
+    return (int(length), tuple(spec.shape[:-1]), spec.shape[-1], inputs,
+            lambda start, size: jax.vmap(inputs)(start + jnp.arange(size, dtype=jnp.int32)))
+
+
+def unroll_reduce(
+    cell: Cell,
+    params: Params,
+    inputs: Array | Any,
+    reduce_fn: Any,
+    init: Any,
+    *,
+    length: int | None = None,
+    carry: Carry | None = None,
+    reverse: bool = False,
+    lengths: Array | None = None,
+    resets: Array | None = None,
+    remat: bool = False,
+    remat_chunk: int | str | None = None,
+) -> tuple[Carry, Any]:
+    """Run ``cell`` over a sequence folding each output into an accumulator: nothing of size ``T``.
+
+    ``carry_t, y_t = cell.apply(params, carry_{t-1}, x_t)``, ``acc <- reduce_fn(acc, t, y_t)`` at
+    every step, inside the scan: the result equals ``unroll`` followed by the same fold over
+    ``ys``, but no ``[T, ..., O]`` output is stacked, and with ``inputs`` a function ``t -> x_t``
+    no ``[T, ..., D]`` input is materialised either. Under ``remat_chunk`` the backward pass
+    recomputes each chunk (inputs included) from the carry and ``acc`` at its start, so a training
+    step keeps ``O(T / k + k)`` carries and nothing of size ``T``: ``remat_chunk="sqrt"`` runs an
+    LSTM over a million steps in well under 2 GiB (``benchmarks/long_memory.py``).
+
+    Args:
+      cell: a :class:`rnnjax.Cell`.
+      params: the cell's params (checked as by :func:`unroll`).
+      inputs: time-major inputs ``[T, ..., D]``, or a function ``t -> x_t`` (``t`` an int32
+        scalar, possibly traced; ``x_t`` of shape ``[..., D]``) evaluated inside the scan; then
+        ``length=T`` is required.
+      reduce_fn: ``reduce_fn(acc, t, y_t) -> acc`` with ``t`` the int32 index of the step in the
+        original time order and ``y_t [..., O]`` the output ``unroll`` would put at ``ys[t]``
+        (zeros at padded steps). Called once per step ``t < T`` in the order the scan runs
+        (``T - 1, ..., 0`` with ``reverse=True``); ``acc`` keeps its structure, shapes and dtypes.
+      init: the initial ``acc`` (any pytree of arrays).
+      length: the number of steps ``T`` when ``inputs`` is a function.
+      carry, reverse, lengths, resets, remat: as in :func:`unroll` (time-major ``resets [T, ...]``;
+        traced ``lengths`` outside ``[0, T]`` make that sequence's ``y_t`` and final carry NaN).
+      remat_chunk: as in :func:`unroll` (``k`` or ``"sqrt"``). Each chunk evaluates its ``k``
+        inputs, runs the cell's fastest sequential path (the fused LSTM/GRU when it has one) and
+        folds its ``k`` outputs; a last, shorter chunk takes the remainder of ``T`` (no padding).
+
+    Returns:
+      ``(final_carry, acc)``.
+    """
+    T, batch_shape, D, at, chunk = _stream(inputs, length)
+    if not callable(reduce_fn):
+        raise TypeError(f"reduce_fn must be a function (acc, t, y_t) -> acc, got "
+                        f"{type(reduce_fn).__name__}")
+    s = _setup(cell, params, T, batch_shape, D, carry, lengths, resets, reverse, True)
+    params, c0, lengths, resets = s.params, s.carry, s.lengths, s.resets
+    nb = len(batch_shape)
+
+    def masks(ts):  # [size] -> the valid mask [size, ...] (None without lengths)
+        return None if lengths is None else ts.reshape(ts.shape + (1,) * nb) < lengths[None]
+
+    if remat_chunk is None or T == 0:
+        step = _step(cell, params, c0)
+
+        def body(state, _):
+            c, acc, t = state
+            m = masks(t[None])
+            x = _cast(at(t), s.dtype)
+            r = None if resets is None else jax.lax.dynamic_index_in_dim(resets, t, keepdims=False)
+            if m is not None:
+                m = m[0]
+                x = jnp.where(m[..., None], x, jnp.zeros((), x.dtype))
+                r = None if r is None else r & m
+            c, y = step(c, x, m, r)
+            acc = reduce_fn(acc, t, _poison(s.bad, y))
+            return (c, acc, t - 1 if reverse else t + 1), None
+
+        if remat:
+            body = jax.checkpoint(body)
+        t0 = jnp.asarray(T - 1 if reverse else 0, jnp.int32)
+        (c, acc, _), _ = jax.lax.scan(body, (c0, init, t0), None, length=T)
+        return _poison(s.bad, c), acc
+
+    k = _check_chunk(remat_chunk, T)
+    run = sequential(cell, params, reverse=reverse, unroll=1, remat=remat)
+
+    def run_chunk(state, start, size):
+        c, acc = state
+        ts = start + jnp.arange(size, dtype=jnp.int32)
+        x, m = _cast(chunk(start, size), s.dtype), masks(ts)
+        r = None if resets is None else jax.lax.dynamic_slice_in_dim(resets, start, size)
+        if m is not None:
+            x = jnp.where(m[..., None], x, jnp.zeros((), x.dtype))
+            r = None if r is None else r & m
+        c, ys = run(c, x, m, r, None if r is None else c0)
+        acc, _ = jax.lax.scan(lambda a, ty: (reduce_fn(a, ty[0], ty[1]), None), acc,
+                              (ts, _poison(s.bad, ys, lead=1)), reverse=reverse)
+        return c, acc
+
+    n, rest = divmod(T, k)
+    full = jax.checkpoint(lambda st, i: (run_chunk(st, i * k, k), None))
+    tail = jax.checkpoint(lambda st: run_chunk(st, n * k, rest))
+    state = (c0, init)
+    if reverse and rest:  # the last (shorter) chunk runs first backwards
+        state = tail(state)
+    if n:
+        state, _ = jax.lax.scan(full, state, jnp.arange(n, dtype=jnp.int32), reverse=reverse)
+    if not reverse and rest:
+        state = tail(state)
+    return _poison(s.bad, state[0]), state[1]

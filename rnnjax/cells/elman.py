@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
 from rnnjax import initializers as inits
-from rnnjax.cells._common import check_batch_shape, check_carry_batch, check_input, check_size, rows, split_keys
+from rnnjax.cells._common import (
+    check_activation,
+    check_batch_shape,
+    check_carry_batch,
+    check_float_dtype,
+    check_initializer,
+    check_input,
+    check_number,
+    check_size,
+    check_tuple_carry,
+    rows,
+    split_keys,
+)
 from rnnjax.types import Array, Cell, Initializer, JordanState
 
 
@@ -34,6 +46,11 @@ def elman(
       dtype: parameter dtype.
     """
     H = check_size("hidden_size", hidden_size)
+    check_activation("activation", activation)
+    for name, fn in (("input_init", input_init), ("recurrent_init", recurrent_init),
+                     ("bias_init", bias_init)):
+        check_initializer(name, fn)
+    dtype = check_float_dtype(dtype)
 
     def init(key, input_size):
         D = check_size("input_size", input_size)
@@ -49,7 +66,7 @@ def elman(
 
     def apply(params, h, x):
         x = check_input(x, params["w_x"].shape[0])
-        check_carry_batch(h, x)
+        check_carry_batch(h, x, size=H)
         z = x @ params["w_x"] + h @ params["w_h"]
         h = activation(z + rows(params["b"], z))
         return h, h
@@ -64,6 +81,8 @@ def irnn(hidden_size: int, *, scale: float = 1.0, input_stddev: float = 0.001, d
     ``W_x ~ N(0, input_stddev^2)`` at initialisation, as in the paper.
     Params: ``w_x [D, H]``, ``w_h [H, H]``, ``b [H]``.
     """
+    scale = check_number("scale", scale, positive=True)
+    input_stddev = check_number("input_stddev", input_stddev, positive=True)
     return elman(
         hidden_size,
         activation=jax.nn.relu,
@@ -101,18 +120,23 @@ def jordan(
       recurrent_init: for ``w_hh`` and ``w_yy``; feedback_init for ``w_yh``, ``w_hy``.
     """
     H = check_size("hidden_size", hidden_size)
-    O = check_size("output_size", output_size)
+    Y = check_size("output_size", output_size)  # O, the output size
+    check_activation("activation", activation)
+    for name, fn in (("input_init", input_init), ("recurrent_init", recurrent_init),
+                     ("feedback_init", feedback_init), ("bias_init", bias_init)):
+        check_initializer(name, fn)
+    dtype = check_float_dtype(dtype)
 
     def init(key, input_size):
         D = check_size("input_size", input_size)
         k = split_keys(key, 8)
         return {
-            "w_yx": input_init(k[0], (D, O), dtype),
-            "w_yy": recurrent_init(k[1], (O, O), dtype),
-            "w_yh": feedback_init(k[2], (H, O), dtype),
-            "b_y": bias_init(k[3], (O,), dtype),
+            "w_yx": input_init(k[0], (D, Y), dtype),
+            "w_yy": recurrent_init(k[1], (Y, Y), dtype),
+            "w_yh": feedback_init(k[2], (H, Y), dtype),
+            "b_y": bias_init(k[3], (Y,), dtype),
             "w_hx": input_init(k[4], (D, H), dtype),
-            "w_hy": feedback_init(k[5], (O, H), dtype),
+            "w_hy": feedback_init(k[5], (Y, H), dtype),
             "w_hh": recurrent_init(k[6], (H, H), dtype),
             "b_h": bias_init(k[7], (H,), dtype),
         }
@@ -120,13 +144,13 @@ def jordan(
     def initial_carry(params, batch_shape):
         batch_shape = check_batch_shape(batch_shape)
         dt = params["w_hh"].dtype
-        return JordanState(jnp.zeros((*batch_shape, H), dt), jnp.zeros((*batch_shape, O), dt))
+        return JordanState(jnp.zeros((*batch_shape, H), dt), jnp.zeros((*batch_shape, Y), dt))
 
     def apply(params, carry, x):
         x = check_input(x, params["w_hx"].shape[0])
-        check_carry_batch(carry.h, x, "carry.h")
-        check_carry_batch(carry.y, x, "carry.y")
-        h, y = carry
+        h, y = check_tuple_carry(carry, ("h", "y"), "a JordanState")
+        check_carry_batch(h, x, "carry.h", size=H)
+        check_carry_batch(y, x, "carry.y", size=Y)
         y = x @ params["w_yx"] + y @ params["w_yy"] + h @ params["w_yh"]
         y = y + rows(params["b_y"], y)
         z = x @ params["w_hx"] + y @ params["w_hy"] + h @ params["w_hh"]

@@ -19,6 +19,8 @@ Inputs are time-major with one flattened batch axis: ``xs [T, B, D]``, ``mask [T
 carry entering that step, in scan order, is the reset carry ``hr``/``cr``, whose gradient is the
 sum of the gradients of the carries entering the reset steps), ``reverse`` scans from the last step.
 A reset step must be a valid step (the ``sequence`` hooks below AND it with the mask).
+``history=True`` (``sequence(..., return_carries=True)``) also returns the carry after every step,
+an output like the others (its cotangent joins the carry's gradient at that step in the backward).
 """
 
 from __future__ import annotations
@@ -80,8 +82,8 @@ def _lstm_scale(H: int, dtype) -> jax.Array:
     return jnp.concatenate([half, half, jnp.ones((H,), dtype), half])  # gates (i, f, g, o)
 
 
-def _lstm_forward(reverse, unroll, project, w_x, w_h, b, h0, c0, xs, mask, resets, hr, cr,
-                  save=True):
+def _lstm_forward(reverse, unroll, project, history, w_x, w_h, b, h0, c0, xs, mask, resets, hr,
+                  cr, save=True):
     H = h0.shape[-1]
     s = _lstm_scale(H, w_h.dtype)
     if project == "step":  # one [B, D+H] x [D+H, 4H] matmul per step; no [T, B, 4H] buffer
@@ -107,41 +109,48 @@ def _lstm_forward(reverse, unroll, project, w_x, w_h, b, h0, c0, xs, mask, reset
         c_new = (0.5 + 0.5 * tf) * c_in + (0.5 + 0.5 * ti) * tg
         h_new = (0.5 + 0.5 * to) * jnp.tanh(c_new)
         h_new, c_new = _where(m, h_new, h), _where(m, c_new, c)
-        if not save:  # inference: emit the outputs only
-            return (h_new, c_new), _where(m, h_new, jnp.zeros_like(h_new))
+        if not save:  # inference: emit the outputs (and the carries) only
+            y = _where(m, h_new, jnp.zeros_like(h_new))
+            return (h_new, c_new), ((y, h_new, c_new) if history else y)
         return (h_new, c_new), (h_new, c_new, t)
 
     (hT, cT), out = jax.lax.scan(step, (h0, c0), (seq, mask, resets), reverse=reverse, unroll=unroll)
     if not save:
-        return (hT, cT, out), None
+        return ((hT, cT, *out) if history else (hT, cT, out)), None
     hs, cs, ts = out
     ys = _where(mask, hs, jnp.zeros_like(hs))
-    return (hT, cT, ys), (hs, cs, ts)
+    return ((hT, cT, ys, hs, cs) if history else (hT, cT, ys)), (hs, cs, ts)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
 def lstm_scan(reverse, unroll, project, w_x, w_h, b, h0, c0, xs, mask, resets=None, hr=None,
-              cr=None):
+              cr=None, history=False):
     """Fused LSTM over ``xs [T, B, D]``: returns ``(h_T, c_T, ys [T, B, H])``.
 
     ``project``: ``"step"`` or ``"hoisted"`` (see :data:`PROJECTIONS`). ``resets [T, B]`` (or None)
-    with the reset carry ``hr, cr [B, H]`` (see the module docstring).
+    with the reset carry ``hr, cr [B, H]`` (see the module docstring). ``history=True`` also
+    returns the carry after every step, ``(h_T, c_T, ys, hs [T, B, H], cs [T, B, H])`` (a padded
+    step keeps the carry: ``hs[t]`` there is the carry it was given), differentiable like the rest.
     """
-    return _lstm_forward(reverse, unroll, project, w_x, w_h, b, h0, c0, xs, mask, resets, hr, cr,
-                         save=False)[0]
+    return _lstm_scan(reverse, unroll, project, bool(history), w_x, w_h, b, h0, c0, xs, mask,
+                      resets, hr, cr)
 
 
-def _lstm_fwd(reverse, unroll, project, w_x, w_h, b, h0, c0, xs, mask, resets=None, hr=None,
-              cr=None):
-    out, (hs, cs, ts) = _lstm_forward(reverse, unroll, project, w_x, w_h, b, h0, c0, xs, mask,
-                                      resets, hr, cr)
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _lstm_scan(reverse, unroll, project, history, w_x, w_h, b, h0, c0, xs, mask, resets, hr, cr):
+    return _lstm_forward(reverse, unroll, project, history, w_x, w_h, b, h0, c0, xs, mask, resets,
+                         hr, cr, save=False)[0]
+
+
+def _lstm_fwd(reverse, unroll, project, history, w_x, w_h, b, h0, c0, xs, mask, resets, hr, cr):
+    out, (hs, cs, ts) = _lstm_forward(reverse, unroll, project, history, w_x, w_h, b, h0, c0, xs,
+                                      mask, resets, hr, cr)
     return out, (w_x, w_h, h0, c0, xs, mask, resets, hr, cr, hs, cs, ts)
 
 
-def _lstm_bwd(reverse, unroll, project, res, g):
+def _lstm_bwd(reverse, unroll, project, history, res, g):
     w_x, w_h, h0, c0, xs, mask, resets, hr, cr, hs, cs, ts = res
-    dhT, dcT, dys = g
-    H = h0.shape[-1]
+    dhT, dcT, dys = g[:3]
+    dhs, dcs = g[3:] if history else (None, None)  # cotangents of the carry after each step
     c_prev = _prev(cs, c0, reverse)
     if resets is not None:  # the carry each step actually started from
         c_prev = jnp.where(resets[..., None], cr[None], c_prev)
@@ -163,7 +172,9 @@ def _lstm_bwd(reverse, unroll, project, res, g):
 
     def step(carry, inp):
         (dh, dc), (ghr, gcr) = carry
-        dy, a, p, f, m, rs = inp
+        dy, a, p, f, m, rs, gh, gc = inp
+        if gh is not None:  # the carry after this step is an output too
+            dh, dc = dh + gh, dc + gc
         dh_in = dh + dy
         dct = dc + dh_in * a
         dz = jnp.concatenate([dct, dct, dct, dh_in], axis=-1) * p
@@ -176,7 +187,8 @@ def _lstm_bwd(reverse, unroll, project, res, g):
     dys = _where(mask, dys, jnp.zeros_like(dys))
     acc = (_zeros_or_none(hr), _zeros_or_none(cr))
     ((dh0, dc0), (ghr, gcr)), dz = jax.lax.scan(
-        step, ((dhT, dcT), acc), (dys, A, P, F, mask, resets), reverse=not reverse, unroll=unroll)
+        step, ((dhT, dcT), acc), (dys, A, P, F, mask, resets, dhs, dcs), reverse=not reverse,
+        unroll=unroll)
     h_prev = _prev(hs, h0, reverse)
     if resets is not None:
         h_prev = jnp.where(resets[..., None], hr[None], h_prev)
@@ -184,13 +196,13 @@ def _lstm_bwd(reverse, unroll, project, res, g):
             _flat_matmul(dz, w_x.T), None, None, ghr, gcr)
 
 
-lstm_scan.defvjp(_lstm_fwd, _lstm_bwd)
+_lstm_scan.defvjp(_lstm_fwd, _lstm_bwd)
 
 
 # ------------------------------------------------------------------------------------------ GRU
 
-def _gru_forward(reverse, reset_after, unroll, project, w_x, w_h, b, b_hn, h0, xs, mask, resets,
-                 hr, save=True):
+def _gru_forward(reverse, reset_after, unroll, project, history, w_x, w_h, b, b_hn, h0, xs, mask,
+                 resets, hr, save=True):
     H = h0.shape[-1]
     D = w_x.shape[0]
     half = jnp.asarray(0.5, w_h.dtype)
@@ -241,42 +253,51 @@ def _gru_forward(reverse, reset_after, unroll, project, w_x, w_h, b, b_hn, h0, x
         t, n, aux = gates(u_t, h)
         z = 0.5 + 0.5 * t[:, H:]
         h_new = _where(m, h + z * (n - h), h_kept)
-        if not save:  # inference: emit the outputs only
-            return h_new, _where(m, h_new, jnp.zeros_like(h_new))
+        if not save:  # inference: emit the outputs (and the carries) only
+            y = _where(m, h_new, jnp.zeros_like(h_new))
+            return h_new, ((y, h_new) if history else y)
         return h_new, (h_new, t, n, aux)
 
     hT, out = jax.lax.scan(step, h0, (seq, mask, resets), reverse=reverse, unroll=unroll)
     if not save:
-        return (hT, out), None
+        return ((hT, *out) if history else (hT, out)), None
     hs, ts, ns, auxs = out  # auxs: h W_hn + b_hn per step (reset after), else None
     ys = _where(mask, hs, jnp.zeros_like(hs))
-    return (hT, ys), (hs, ts, ns, auxs)
+    return ((hT, ys, hs) if history else (hT, ys)), (hs, ts, ns, auxs)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
 def gru_scan(reverse, reset_after, unroll, project, w_x, w_h, b, b_hn, h0, xs, mask, resets=None,
-             hr=None):
+             hr=None, history=False):
     """Fused tanh GRU over ``xs [T, B, D]``: returns ``(h_T, ys [T, B, H])``.
 
     ``project``: ``"step"`` or ``"hoisted"`` (see :data:`PROJECTIONS`). ``b_hn [H]`` is used only
     when ``reset_after`` (pass zeros otherwise). ``resets [T, B]`` (or None) with the reset carry
-    ``hr [B, H]`` (see the module docstring).
+    ``hr [B, H]`` (see the module docstring). ``history=True`` also returns the carry after every
+    step, ``(h_T, ys, hs [T, B, H])`` (a padded step keeps the carry).
     """
-    return _gru_forward(reverse, reset_after, unroll, project, w_x, w_h, b, b_hn, h0, xs, mask,
-                        resets, hr, save=False)[0]
+    return _gru_scan(reverse, reset_after, unroll, project, bool(history), w_x, w_h, b, b_hn, h0,
+                     xs, mask, resets, hr)
 
 
-def _gru_fwd(reverse, reset_after, unroll, project, w_x, w_h, b, b_hn, h0, xs, mask, resets=None,
-             hr=None):
-    out, (hs, ts, ns, auxs) = _gru_forward(reverse, reset_after, unroll, project, w_x, w_h, b, b_hn,
-                                           h0, xs, mask, resets, hr)
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
+def _gru_scan(reverse, reset_after, unroll, project, history, w_x, w_h, b, b_hn, h0, xs, mask,
+              resets, hr):
+    return _gru_forward(reverse, reset_after, unroll, project, history, w_x, w_h, b, b_hn, h0, xs,
+                        mask, resets, hr, save=False)[0]
+
+
+def _gru_fwd(reverse, reset_after, unroll, project, history, w_x, w_h, b, b_hn, h0, xs, mask,
+             resets, hr):
+    out, (hs, ts, ns, auxs) = _gru_forward(reverse, reset_after, unroll, project, history, w_x, w_h,
+                                           b, b_hn, h0, xs, mask, resets, hr)
     return out, (w_x, w_h, b_hn, h0, xs, mask, resets, hr, hs, ts, ns, auxs)
 
 
-def _gru_bwd(reverse, reset_after, unroll, project, res, g):
+def _gru_bwd(reverse, reset_after, unroll, project, history, res, g):
     w_x, w_h, b_hn, h0, xs, mask, resets, hr, hs, ts, ns, auxs = res
     H = h0.shape[-1]
-    dhT, dys = g
+    dhT, dys = g[:2]
+    dhs = g[2] if history else None  # cotangent of the carry after each step
     h_prev = _prev(hs, h0, reverse)
     if resets is not None:  # the carry each step actually started from
         h_prev = jnp.where(resets[..., None], hr[None], h_prev)
@@ -299,7 +320,8 @@ def _gru_bwd(reverse, reset_after, unroll, project, res, g):
 
         def step(carry, inp):
             dh, ghr = carry
-            dy, q, k, m, rs = inp
+            dy, q, k, m, rs, gh = inp
+            dh = dh if gh is None else dh + gh
             dh_in = dh + dy
             da = (dh_in[:, None, :] * q).reshape(dh_in.shape[0], 3 * H)
             dh_prev = _where(m, da @ w_hT + dh_in * k, dh)
@@ -313,7 +335,8 @@ def _gru_bwd(reverse, reset_after, unroll, project, res, g):
 
         def step(carry, inp):
             dh, ghr = carry
-            dy, pn, prz, rr, k, m, rs = inp
+            dy, pn, prz, rr, k, m, rs, gh = inp
+            dh = dh if gh is None else dh + gh
             dh_in = dh + dy
             drh = (dh_in * pn) @ w_nT  # d(r⊙h)
             drz = (jnp.stack([drh, dh_in], axis=-2) * prz).reshape(dh_in.shape[0], 2 * H)
@@ -324,7 +347,7 @@ def _gru_bwd(reverse, reset_after, unroll, project, res, g):
         xs_loop = (Pn, PrzT, r, K)
 
     dys = _where(mask, dys, jnp.zeros_like(dys))
-    (dh0, ghr), out = jax.lax.scan(step, (dhT, _zeros_or_none(hr)), (dys, *xs_loop, mask, resets),
+    (dh0, ghr), out = jax.lax.scan(step, (dhT, _zeros_or_none(hr)), (dys, *xs_loop, mask, resets, dhs),
                                    reverse=not reverse, unroll=unroll)
     if reset_after:
         da = (out[..., None, :] * Q).reshape(*out.shape[:-1], 3 * H)  # d(h W_h), with b_hn
@@ -344,7 +367,7 @@ def _gru_bwd(reverse, reset_after, unroll, project, res, g):
     return dw_x, dw_h, db, db_hn, dh0, _flat_matmul(dzs, w_x.T), None, None, ghr
 
 
-gru_scan.defvjp(_gru_fwd, _gru_bwd)
+_gru_scan.defvjp(_gru_fwd, _gru_bwd)
 
 
 # ------------------------------------------------------------------- the cells' ``sequence`` hooks
@@ -398,7 +421,8 @@ def lstm_sequence(projection: str = "auto"):
     """``Cell.sequence`` of ``rnnjax.lstm`` without peepholes (see :func:`lstm_scan`)."""
     check_projection(projection)
 
-    def sequence(params, carry, xs, *, mask, reverse, unroll, resets=None, reset_carry=None):
+    def sequence(params, carry, xs, *, mask, reverse, unroll, resets=None, reset_carry=None,
+                 return_carries=False):
         D = params["w_x"].shape[0]
         x2, m, batch, B = _flatten(xs, mask, carry.h, D)
         H = carry.h.shape[-1]
@@ -407,11 +431,15 @@ def lstm_sequence(projection: str = "auto"):
         if r is not None:
             rc = carry if reset_carry is None else reset_carry
             hr, cr = rc.h.reshape(B, H), rc.c.reshape(B, H)
-        h, c, ys = lstm_scan(reverse, unroll, resolve_projection(projection, D, H), params["w_x"],
-                             params["w_h"], params["b"], carry.h.reshape(B, H),
-                             carry.c.reshape(B, H), x2, m, r, hr, cr)
-        return (LSTMState(h.reshape(*batch, H), c.reshape(*batch, H)),
-                ys.reshape(xs.shape[0], *batch, H))
+        out = lstm_scan(reverse, unroll, resolve_projection(projection, D, H), params["w_x"],
+                        params["w_h"], params["b"], carry.h.reshape(B, H), carry.c.reshape(B, H),
+                        x2, m, r, hr, cr, history=return_carries)
+        h, c, ys = out[:3]
+        seq = (xs.shape[0], *batch, H)
+        result = (LSTMState(h.reshape(*batch, H), c.reshape(*batch, H)), ys.reshape(seq))
+        if return_carries:  # the carry after every step, [T, ..., H] each
+            result += (LSTMState(out[3].reshape(seq), out[4].reshape(seq)),)
+        return result
 
     return sequence
 
@@ -420,7 +448,8 @@ def gru_sequence(reset_after: bool, projection: str = "auto"):
     """``Cell.sequence`` of ``rnnjax.gru`` with the tanh candidate (see :func:`gru_scan`)."""
     check_projection(projection)
 
-    def sequence(params, carry, xs, *, mask, reverse, unroll, resets=None, reset_carry=None):
+    def sequence(params, carry, xs, *, mask, reverse, unroll, resets=None, reset_carry=None,
+                 return_carries=False):
         D = params["w_x"].shape[0]
         x2, m, batch, B = _flatten(xs, mask, carry, D)
         H = carry.shape[-1]
@@ -429,9 +458,13 @@ def gru_sequence(reset_after: bool, projection: str = "auto"):
         hr = None
         if r is not None:
             hr = (carry if reset_carry is None else reset_carry).reshape(B, H)
-        h, ys = gru_scan(reverse, reset_after, unroll, resolve_projection(projection, D, H),
-                         params["w_x"], params["w_h"], params["b"], b_hn, carry.reshape(B, H), x2,
-                         m, r, hr)
-        return h.reshape(*batch, H), ys.reshape(xs.shape[0], *batch, H)
+        out = gru_scan(reverse, reset_after, unroll, resolve_projection(projection, D, H),
+                       params["w_x"], params["w_h"], params["b"], b_hn, carry.reshape(B, H), x2,
+                       m, r, hr, history=return_carries)
+        seq = (xs.shape[0], *batch, H)
+        result = (out[0].reshape(*batch, H), out[1].reshape(seq))
+        if return_carries:  # the carry after every step, [T, ..., H]
+            result += (out[2].reshape(seq),)
+        return result
 
     return sequence

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
 from rnnjax import initializers as inits
 from rnnjax.cells import fused
-from rnnjax.cells._common import check_batch_shape, check_carry_batch, check_input, check_size, rows, split_keys
+from rnnjax.cells._common import (
+    check_activation,
+    check_batch_shape,
+    check_carry_batch,
+    check_float_dtype,
+    check_initializer,
+    check_input,
+    check_number,
+    check_size,
+    rows,
+    split_keys,
+)
 from rnnjax.types import Array, Cell, Initializer
 
 _RESETS = ("before", "after")
@@ -42,13 +53,19 @@ def gru(
 
     Args:
       hidden_size: H.
-      candidate_activation: φ (``jnp.tanh``; ``jax.nn.relu`` gives a ReLU candidate, as in Ravanelli et al. 2018).
+      candidate_activation: φ (``jnp.tanh``; ``jax.nn.relu`` gives a ReLU candidate, as in
+        Ravanelli et al. 2018).
       reset: ``"before"`` or ``"after"`` (where the reset gate is applied).
       projection: where ``unroll``'s fused path (tanh candidate) computes the input projection:
         ``"step"``, ``"hoisted"`` or ``"auto"`` (as for :func:`rnnjax.lstm`; the same function
         either way, only the speed differs).
     """
     H = check_size("hidden_size", hidden_size)
+    check_activation("candidate_activation", candidate_activation)
+    for name, fn in (("input_init", input_init), ("recurrent_init", recurrent_init),
+                     ("bias_init", bias_init)):
+        check_initializer(name, fn)
+    dtype = check_float_dtype(dtype)
     fused.check_projection(projection)
     if reset not in _RESETS:
         raise ValueError(f"reset must be one of {_RESETS}, got {reset!r}")
@@ -70,7 +87,7 @@ def gru(
 
     def apply(params, h, x):
         x = check_input(x, params["w_x"].shape[0])
-        check_carry_batch(h, x)
+        check_carry_batch(h, x, size=H)
         w_h = params["w_h"]
         gx = x @ params["w_x"]
         gx = gx + rows(params["b"], gx)
@@ -112,6 +129,11 @@ def mgu(
     Carry: ``h [..., H]``.
     """
     H = check_size("hidden_size", hidden_size)
+    forget_bias = check_number("forget_bias", forget_bias)
+    for name, fn in (("input_init", input_init), ("recurrent_init", recurrent_init),
+                     ("bias_init", bias_init)):
+        check_initializer(name, fn)
+    dtype = check_float_dtype(dtype)
 
     def init(key, input_size):
         D = check_size("input_size", input_size)
@@ -127,7 +149,7 @@ def mgu(
 
     def apply(params, h, x):
         x = check_input(x, params["w_x"].shape[0])
-        check_carry_batch(h, x)
+        check_carry_batch(h, x, size=H)
         w_h = params["w_h"]
         gx = x @ params["w_x"]
         xf, xn = jnp.split(gx + rows(params["b"], gx), 2, axis=-1)

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
 from rnnjax import initializers as inits
-from rnnjax.cells._common import (check_batch_shape, check_carry_batch, check_input, check_number, check_size,
-                                  rows, split_keys)
+from rnnjax.cells._common import (
+    check_activation,
+    check_batch_shape,
+    check_carry_batch,
+    check_float_dtype,
+    check_initializer,
+    check_input,
+    check_number,
+    check_size,
+    rows,
+    split_keys,
+)
 from rnnjax.types import Array, Cell, Initializer, Params
 
 
@@ -109,6 +119,11 @@ def indrnn(
       dtype: parameter dtype.
     """
     H = check_size("hidden_size", hidden_size)
+    check_activation("activation", activation)
+    check_initializer("input_init", input_init)
+    check_initializer("recurrent_init", recurrent_init, allow_none=True)
+    check_initializer("bias_init", bias_init)
+    dtype = check_float_dtype(dtype)
     if recurrent_init is None:
         hi = 1.0 if max_timescale is None else indrnn_max_abs(max_timescale)
 
@@ -129,7 +144,7 @@ def indrnn(
 
     def apply(params, h, x):
         x = check_input(x, params["w_x"].shape[0])
-        check_carry_batch(h, x)
+        check_carry_batch(h, x, size=H)
         z = x @ params["w_x"]
         h = activation(z + rows(params["u"], h) * h + rows(params["b"], z))
         return h, h

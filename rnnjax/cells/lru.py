@@ -7,8 +7,16 @@ import math
 import jax
 import jax.numpy as jnp
 
-from rnnjax.cells._common import (check_batch_shape, check_carry_batch, check_input, check_number, check_size,
-                                  rows, split_keys)
+from rnnjax.cells._common import (
+    check_batch_shape,
+    check_carry_batch,
+    check_float_dtype,
+    check_input,
+    check_number,
+    check_size,
+    rows,
+    split_keys,
+)
 from rnnjax.types import Array, Cell, LinearForm, LinearRecurrence
 
 
@@ -58,6 +66,7 @@ def lru(
     max_phase = check_number("max_phase", max_phase, positive=True)
     if not 0.0 <= r_min < r_max <= 1.0:
         raise ValueError(f"need 0 <= r_min < r_max <= 1, got r_min={r_min}, r_max={r_max}")
+    dtype = check_float_dtype(dtype)
     complex_dtype = jnp.result_type(dtype, jnp.complex64)
 
     def init(key, input_size):
@@ -71,7 +80,7 @@ def lru(
         theta_log = jnp.log(max_phase * jnp.maximum(u2, tiny))
         mag = jnp.exp(-jnp.exp(nu_log))
         gamma_log = jnp.log(jnp.sqrt(jnp.maximum(1.0 - mag**2, tiny)))
-        normal = lambda k, shape: jax.random.normal(k, shape, jnp.float32)  # noqa: E731
+        normal = lambda k, shape: jax.random.normal(k, shape, jnp.float32)
         params = {
             "nu_log": nu_log,
             "theta_log": theta_log,
@@ -105,7 +114,7 @@ def lru(
 
     def apply(params, x, u):
         u = check_input(u, params["B_re"].shape[0], "u")
-        check_carry_batch(x, u)
+        check_carry_batch(x, u, size=N)
         lam = lru_eigenvalues(params)
         x = rows(lam, x) * x + drive(params, u)
         return x, readout(params, x, u)

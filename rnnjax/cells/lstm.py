@@ -7,7 +7,19 @@ import jax.numpy as jnp
 
 from rnnjax import initializers as inits
 from rnnjax.cells import fused
-from rnnjax.cells._common import check_batch_shape, check_carry_batch, check_input, check_size, rows, split_keys
+from rnnjax.cells._common import (
+    check_batch_shape,
+    check_bool,
+    check_carry_batch,
+    check_float_dtype,
+    check_initializer,
+    check_input,
+    check_number,
+    check_size,
+    check_tuple_carry,
+    rows,
+    split_keys,
+)
 from rnnjax.types import Cell, Initializer, LSTMState
 
 
@@ -48,8 +60,16 @@ def lstm(
         either way; only the speed differs (see ``rnnjax.cells.fused.PROJECTIONS``).
     """
     H = check_size("hidden_size", hidden_size)
+    forget_bias = check_number("forget_bias", forget_bias)
+    peephole = check_bool("peephole", peephole)
+    for name, fn in (("input_init", input_init), ("recurrent_init", recurrent_init), ("bias_init", bias_init),
+                     ("peephole_init", peephole_init)):
+        check_initializer(name, fn)
+    dtype = check_float_dtype(dtype)
     fused.check_projection(projection)
     if chrono is not None:
+        if check_number("chrono", chrono) <= 2:
+            raise ValueError(f"chrono must be > 2 (T_max of the chrono initialisation), got {chrono}")
         chrono_init = inits.chrono(chrono)
 
     def init(key, input_size):
@@ -79,9 +99,9 @@ def lstm(
 
     def apply(params, carry, x):
         x = check_input(x, params["w_x"].shape[0])
-        check_carry_batch(carry.h, x, "carry.h")
-        check_carry_batch(carry.c, x, "carry.c")
-        h, c = carry
+        h, c = check_tuple_carry(carry, ("h", "c"), "an LSTMState")
+        check_carry_batch(h, x, "carry.h", size=H)
+        check_carry_batch(c, x, "carry.c", size=H)
         z = x @ params["w_x"] + h @ params["w_h"]
         z = z + rows(params["b"], z)
         zi, zf, zg, zo = jnp.split(z, 4, axis=-1)

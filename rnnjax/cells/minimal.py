@@ -7,7 +7,15 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax import initializers as inits
-from rnnjax.cells._common import check_batch_shape, check_carry_batch, check_input, check_size, rows, split_keys
+from rnnjax.cells._common import (
+    check_batch_shape,
+    check_bool,
+    check_carry_batch,
+    check_input,
+    check_size,
+    rows,
+    split_keys,
+)
 from rnnjax.types import Array, Cell, Initializer, LinearForm, LinearRecurrence, LogLinearRecurrence
 
 
@@ -54,6 +62,7 @@ def mingru(
     hidden_size: int,
     *,
     log_space: bool = True,
+    negative_eigenvalues: bool = False,
     input_init: Initializer = inits.glorot_uniform,
     bias_init: Initializer = inits.zeros,
     dtype=jnp.float32,
@@ -70,17 +79,26 @@ def mingru(
     ``log_space=False`` ``g`` is the identity (the paper's plain minGRU) and the scan runs on
     ``a = 1 - z``, ``b = z⊙h̃``. ``apply`` computes the same function in linear space, step by step.
 
+    ``negative_eigenvalues=True`` (Grazzi, Siems, Franke, Zela, Hutter & Pontil, "Unlocking
+    State-Tracking in Linear RNNs Through Negative Eigenvalues", ICLR 2025) maps the decay's range
+    ``[0, 1]`` to ``[-1, 1]``: ``h_t = (1 - 2 z_t)⊙h_{t-1} + z_t⊙h̃_t`` (``1 - 2σ(k) = -tanh(k/2)``),
+    so ``h`` can flip sign at a step (parity). A negative factor has no logarithm: the parallel
+    scan then runs in linear space (``a = 1 - 2z``, ``b = z⊙h̃``, ``h̃`` still ``g`` of the
+    candidate with ``log_space=True``).
+
     Params: ``w_x [D, 2H]``, ``b [2H]`` fused in the order ``(z, h)``. Carry: ``h [..., H]``.
 
     Args:
       hidden_size: H.
       log_space: the paper's log-space variant (positive candidates, log-space parallel scan).
+      negative_eigenvalues: the decay ``1 - 2z ∈ [-1, 1]`` in place of ``1 - z ∈ [0, 1]``.
       input_init, bias_init: initialisers for ``w_x`` (per block) and ``b``.
       dtype: parameter dtype.
     """
     H = check_size("hidden_size", hidden_size)
     if not isinstance(log_space, bool):
         raise TypeError(f"log_space must be a bool, got {log_space!r}")
+    negative_eigenvalues = check_bool("negative_eigenvalues", negative_eigenvalues)
 
     def gates(params, x):
         k, c = jnp.split(_dense(x, params["w_x"], params["b"]), 2, axis=-1)
@@ -92,12 +110,17 @@ def mingru(
         k, c = gates(params, x)
         z = jax.nn.sigmoid(k)
         cand = g(c) if log_space else c
-        h = (1.0 - z) * h + z * cand
+        if negative_eigenvalues:
+            h = -jnp.tanh(0.5 * k) * h + z * cand
+        else:
+            h = (1.0 - z) * h + z * cand
         return h, h
 
     def coefficients(params, xs):
         xs = check_input(xs, params["w_x"].shape[0], "xs")
         k, c = gates(params, xs)
+        if negative_eigenvalues:  # a = 1 - 2z may be negative: linear space
+            return LinearRecurrence(-jnp.tanh(0.5 * k), jax.nn.sigmoid(k) * (g(c) if log_space else c))
         if log_space:
             return LogLinearRecurrence(-jax.nn.softplus(k), -jax.nn.softplus(-k) + log_g(c))
         z = jax.nn.sigmoid(k)

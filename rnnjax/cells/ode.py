@@ -13,8 +13,18 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax import initializers as inits
-from rnnjax.cells._common import (check_batch_shape, check_carry_batch, check_input, check_number, check_size,
-                                  rows, split_keys)
+from rnnjax.cells._common import (
+    check_batch_shape,
+    check_bool,
+    check_carry_batch,
+    check_float_dtype,
+    check_initializer,
+    check_input,
+    check_number,
+    check_size,
+    rows,
+    split_keys,
+)
 from rnnjax.types import Array, Cell, Initializer
 
 
@@ -91,8 +101,10 @@ def antisymmetric(
     epsilon = check_number("epsilon", epsilon, positive=True)
     gamma = check_number("gamma", gamma, lo=0.0)
     sigma_w = check_number("sigma_w", sigma_w, lo=0.0)
-    if not isinstance(gated, bool):
-        raise TypeError(f"gated must be a bool, got {gated!r}")
+    gated = check_bool("gated", gated)
+    check_initializer("input_init", input_init)
+    check_initializer("bias_init", bias_init)
+    dtype = check_float_dtype(dtype)
     n = 2 if gated else 1
 
     def init(key, input_size):
@@ -112,7 +124,7 @@ def antisymmetric(
 
     def apply(params, h, x):
         x = check_input(x, params["w_x"].shape[0])
-        check_carry_batch(h, x)
+        check_carry_batch(h, x, size=H)
         w_rec = params["w_rec"] if "w_rec" in params else antisymmetric_matrix(params["w_h"], gamma)
         rec = h @ w_rec
         u = _dense(x, params["w_x"], params["b"])
@@ -180,6 +192,9 @@ def lipschitz(
     init_std = check_number("init_std", init_std, lo=0.0)
     if method not in ("euler", "rk2"):
         raise ValueError(f"method must be 'euler' or 'rk2', got {method!r}")
+    check_initializer("input_init", input_init)
+    check_initializer("bias_init", bias_init)
+    dtype = check_float_dtype(dtype)
 
     def init(key, input_size):
         D = check_size("input_size", input_size)
@@ -201,7 +216,7 @@ def lipschitz(
 
     def apply(params, h, x):
         x = check_input(x, params["w_x"].shape[0])
-        check_carry_batch(h, x)
+        check_carry_batch(h, x, size=H)
         if "a" not in params:
             params = prepare(params)
         a, w = params["a"], params["w"]

@@ -4,14 +4,24 @@ Martínez-Rubio 2019), ``W = expm(A - Aᵀ)`` of an unconstrained parameter ``A`
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import expm
 
 from rnnjax import initializers as inits
-from rnnjax.cells._common import check_batch_shape, check_carry_batch, check_input, check_size, rows, split_keys
+from rnnjax.cells._common import (
+    check_activation,
+    check_batch_shape,
+    check_carry_batch,
+    check_float_dtype,
+    check_initializer,
+    check_input,
+    check_size,
+    rows,
+    split_keys,
+)
 from rnnjax.types import Array, Cell, Initializer, Params, PRNGKey
 
 
@@ -78,8 +88,14 @@ def orthogonal(
       dtype: parameter dtype.
     """
     H = check_size("hidden_size", hidden_size)
-    if not (activation == "modrelu" or callable(activation)):
-        raise ValueError(f"activation must be 'modrelu' or a callable, got {activation!r}")
+    if not (isinstance(activation, str) and activation == "modrelu"):
+        if isinstance(activation, str):
+            raise ValueError(f"activation must be 'modrelu' or a callable Array -> Array (e.g. jnp.tanh), "
+                             f"got the string {activation!r}")
+        check_activation("activation", activation)
+    for name, fn in (("input_init", input_init), ("skew_init", skew_init), ("bias_init", bias_init)):
+        check_initializer(name, fn)
+    dtype = check_float_dtype(dtype)
 
     def init(key, input_size):
         D = check_size("input_size", input_size)
@@ -98,11 +114,11 @@ def orthogonal(
 
     def apply(params, h, x):
         x = check_input(x, params["w_x"].shape[0])
-        check_carry_batch(h, x)
+        check_carry_batch(h, x, size=H)
         w_h = params["w_h"] if "w_h" in params else orthogonal_matrix(params["a"])
         z = x @ params["w_x"] + h @ w_h
         b = rows(params["b"], z)
-        h = modrelu(z, b) if activation == "modrelu" else activation(z + b)
+        h = modrelu(z, b) if isinstance(activation, str) else activation(z + b)
         return h, h
 
     return Cell(init, initial_carry, apply, prepare=prepare)

@@ -10,8 +10,18 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnnjax.cells._common import (check_batch_shape, check_carry_batch, check_input, check_number, check_size,
-                                  rows, split_keys)
+from rnnjax.cells._common import (
+    check_batch_shape,
+    check_bool,
+    check_carry_batch,
+    check_float_dtype,
+    check_input,
+    check_number,
+    check_size,
+    check_tuple_carry,
+    rows,
+    split_keys,
+)
 from rnnjax.types import Array, BlockLinearRecurrence, Cell, LinearForm
 
 
@@ -31,10 +41,7 @@ def _bias(v: Array, like: Array) -> Array:
 
 
 def _check_state(carry, H: int, name: str) -> OscillatorState:
-    if not isinstance(carry, tuple) or len(carry) != 2:
-        raise TypeError(f"the {name} carry must be an OscillatorState(y, z) of two [..., {H}] "
-                        f"arrays, got {type(carry).__name__}")
-    return OscillatorState(*carry)
+    return OscillatorState(*check_tuple_carry(carry, ("y", "z"), f"the {name} carry, an OscillatorState"))
 
 
 def cornn(
@@ -81,8 +88,8 @@ def cornn(
     dt = check_number("dt", dt, positive=True)
     gamma = check_number("gamma", gamma)
     epsilon = check_number("epsilon", epsilon)
-    if not isinstance(implicit_damping, bool):
-        raise TypeError(f"implicit_damping must be a bool, got {implicit_damping!r}")
+    implicit_damping = check_bool("implicit_damping", implicit_damping)
+    dtype = check_float_dtype(dtype)
 
     def init(key, input_size):
         D = check_size("input_size", input_size)
@@ -102,7 +109,8 @@ def cornn(
     def apply(params, carry, u):
         y, z = _check_state(carry, H, "cornn")
         u = check_input(u, params["w_x"].shape[0], "u")
-        check_carry_batch(y, u)
+        check_carry_batch(y, u, "carry.y", size=H)
+        check_carry_batch(z, u, "carry.z", size=H)
         force = jnp.tanh(_bias(params["b"], u @ params["w_x"] + y @ params["w_y"] + z @ params["w_z"]))
         if implicit_damping:
             z = (z + dt * (force - gamma * y)) / (1.0 + dt * epsilon)
@@ -144,6 +152,7 @@ def lem(hidden_size: int, *, dt: float = 0.0242, dtype=jnp.float32) -> Cell:
     """
     H = check_size("hidden_size", hidden_size)
     dt = check_number("dt", dt, positive=True)
+    dtype = check_float_dtype(dtype)
 
     def init(key, input_size):
         D = check_size("input_size", input_size)
@@ -163,7 +172,8 @@ def lem(hidden_size: int, *, dt: float = 0.0242, dtype=jnp.float32) -> Cell:
     def apply(params, carry, u):
         y, z = _check_state(carry, H, "lem")
         u = check_input(u, params["w_x"].shape[0], "u")
-        check_carry_batch(y, u)
+        check_carry_batch(y, u, "carry.y", size=H)
+        check_carry_batch(z, u, "carry.z", size=H)
         ux = _bias(params["b"], u @ params["w_x"])
         u1, u2, uz, uy = jnp.split(ux, 4, axis=-1)
         h1, h2, hz = jnp.split(y @ params["w_y"], 3, axis=-1)
@@ -246,6 +256,7 @@ def linoss(
     N = check_size("state_size", state_size)
     if discretization not in _DISCRETIZATIONS:
         raise ValueError(f"discretization must be 'im' or 'imex', got {discretization!r}")
+    dtype = check_float_dtype(dtype)
     complex_dtype = jnp.result_type(dtype, jnp.complex64)
 
     def init(key, input_size):

@@ -8,8 +8,16 @@ import math
 import jax
 import jax.numpy as jnp
 
-from rnnjax.cells._common import (check_batch_shape, check_carry_batch, check_input, check_number, check_size,
-                                  rows, split_keys)
+from rnnjax.cells._common import (
+    check_batch_shape,
+    check_bool,
+    check_carry_batch,
+    check_input,
+    check_number,
+    check_size,
+    rows,
+    split_keys,
+)
 from rnnjax.types import Array, Cell, LinearForm, LinearRecurrence
 
 
@@ -28,6 +36,7 @@ def rglru(
     a_min: float = 0.9,
     a_max: float = 0.999,
     input_projection: bool = True,
+    negative_eigenvalues: bool = False,
     dtype=jnp.float32,
 ) -> Cell:
     """Real-Gated Linear Recurrent Unit, RG-LRU (De, Smith, Fernando et al. 2024, "Griffin").
@@ -60,6 +69,12 @@ def rglru(
     zero; ``c = 8`` as in the paper. ``W_in ~ N(0, 1/D)`` (LeCun normal; our choice for the
     projection, which Griffin initialises as part of its block).
 
+    ``negative_eigenvalues=True`` (Grazzi, Siems, Franke, Zela, Hutter & Pontil, "Unlocking
+    State-Tracking in Linear RNNs Through Negative Eigenvalues", ICLR 2025) maps the decay's range
+    ``(0, 1]`` to ``(-1, 1]``: ``a'_t = 2 a_t - 1`` (computed as ``1 + 2 expm1(log a_t)``) replaces
+    ``a_t``, with the normalisation ``√(1 − a'_t²) = √(4 a_t (1 − a_t))`` (no cancellation), so
+    ``h`` can flip sign at a step (parity); the parallel scan is in linear space either way.
+
     Params: ``w_in [D, H]`` (only with ``input_projection``), ``w_a [H, H]``, ``b_a [H]``,
     ``w_x [H, H]``, ``b_x [H]``, ``lam [H]`` (``Λ``). Carry: ``h [..., H]``. Input
     ``x [..., D]``, output ``h [..., H]``; over a sequence ``[T, B, D] -> [T, B, H]``.
@@ -69,6 +84,7 @@ def rglru(
       c: the gate's exponent scale ``c > 0``.
       a_min, a_max: the initial range of the base decay ``σ(Λ)``, ``0 < a_min < a_max < 1``.
       input_projection: include the linear layer ``W_in`` before the recurrence.
+      negative_eigenvalues: the decay ``2 a_t - 1 ∈ (-1, 1]`` in place of ``a_t ∈ (0, 1]``.
       dtype: parameter dtype.
     """
     H = check_size("hidden_size", hidden_size)
@@ -78,6 +94,7 @@ def rglru(
         raise ValueError(f"need 0 < a_min < a_max < 1, got a_min={a_min}, a_max={a_max}")
     if not isinstance(input_projection, bool):
         raise TypeError(f"input_projection must be a bool, got {input_projection!r}")
+    negative_eigenvalues = check_bool("negative_eigenvalues", negative_eigenvalues)
 
     def init(key, input_size):
         D = check_size("input_size", input_size)
@@ -115,6 +132,11 @@ def rglru(
         r = jax.nn.sigmoid(xt @ params["w_a"] + rows(params["b_a"], xt))
         i = jax.nn.sigmoid(xt @ params["w_x"] + rows(params["b_x"], xt))
         log_a = -c * r * rows(jax.nn.softplus(-params["lam"]), r)
+        if negative_eigenvalues:  # a' = 2a - 1, 1 - a'^2 = 4 a (1 - a) = -4 a expm1(log a)
+            em1 = jnp.expm1(log_a)
+            one_minus_a2 = -4.0 * jnp.exp(log_a) * em1
+            norm = jnp.sqrt(jnp.maximum(one_minus_a2, jnp.finfo(one_minus_a2.dtype).tiny))
+            return 1.0 + 2.0 * em1, norm * (i * xt)
         one_minus_a2 = -jnp.expm1(2.0 * log_a)
         # √ at exactly 0 (r underflowed to 0) has an infinite derivative: clamp to the tiniest
         # normal number, which changes no value that float rounding could represent.

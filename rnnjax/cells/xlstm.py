@@ -11,8 +11,15 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax import initializers as inits
-from rnnjax.cells._common import (check_batch_shape, check_carry_batch, check_input, check_number, check_size,
-                                  rows, split_keys)
+from rnnjax.cells._common import (
+    check_batch_shape,
+    check_carry_batch,
+    check_input,
+    check_number,
+    check_size,
+    rows,
+    split_keys,
+)
 from rnnjax.types import Array, Cell, Initializer, LinearForm, LinearRecurrence
 
 
@@ -125,7 +132,8 @@ def slstm(
         try:
             forget_bias = check_number("forget_bias", forget_bias)
         except TypeError:
-            raise TypeError(f"forget_bias must be 'powerlaw' or a finite number, got {forget_bias!r}") from None
+            raise TypeError(f"forget_bias must be 'powerlaw' or a finite number, "
+                            f"got {forget_bias!r}") from None
 
     def init(key, input_size):
         D = check_size("input_size", input_size)
@@ -203,6 +211,7 @@ def mlstm(
     num_heads: int = 4,
     forget_gate: str = "sigmoid",
     stabilize: bool = True,
+    negative_eigenvalues: bool = False,
     input_init: Initializer = small_init,
     dtype=jnp.float32,
 ) -> Cell:
@@ -230,6 +239,13 @@ def mlstm(
     (sigmoid) keeps the memory bounded by ``Σ i_s |v_s| |k_s|``; it overflows float32 only for
     ``ĩ`` above about 88 (or growing ``exp`` forget gates).
 
+    ``negative_eigenvalues=True`` (Grazzi, Siems, Franke, Zela, Hutter & Pontil, "Unlocking
+    State-Tracking in Linear RNNs Through Negative Eigenvalues", ICLR 2025; sigmoid forget gate
+    only) maps the forget gate's range ``(0, 1)`` to ``(-1, 1)``: ``f_t = 2σ(f̃_t) - 1 = tanh(f̃_t / 2)``,
+    so the memory can flip sign at a step (parity). The stabiliser then uses ``log |f_t|``
+    (``m_t = max(log |f_t| + m_{t−1}, log i_t)``, ``f'_t = f_t exp(m_{t−1} − m_t)``); the parallel
+    path (``stabilize=False``) is in linear space either way.
+
     Default initialisation as in the xLSTM reference code: ``W_q, W_k, W_v, W_o ~ N(0, 2/(5D))``
     (:func:`small_init`), their biases 0; gate weights ``W_g = 0``, input-gate bias
     ``N(0, 0.1²)``, forget-gate bias ``linspace(3, 6)`` over the heads.
@@ -245,6 +261,7 @@ def mlstm(
       num_heads: NH, must divide H (the reference code's default: 4).
       forget_gate: ``"sigmoid"`` or ``"exp"``.
       stabilize: the log-space stabiliser ``m`` (no parallel path when True).
+      negative_eigenvalues: the forget gate ``2σ(f̃) - 1 ∈ (-1, 1)`` in place of ``σ(f̃) ∈ (0, 1)``.
       input_init: initialiser for each block of ``w_x``.
       dtype: parameter dtype.
     """
@@ -253,6 +270,11 @@ def mlstm(
     _check_forget_gate(forget_gate)
     if not isinstance(stabilize, bool):
         raise TypeError(f"stabilize must be a bool, got {stabilize!r}")
+    if not isinstance(negative_eigenvalues, bool):
+        raise TypeError(f"negative_eigenvalues must be a bool, got {negative_eigenvalues!r}")
+    if negative_eigenvalues and forget_gate != "sigmoid":
+        raise ValueError(f"negative_eigenvalues=True needs forget_gate='sigmoid' (2σ(f̃) - 1 ∈ (-1, 1)), "
+                         f"got forget_gate={forget_gate!r}")
     sc, sn = NH * d * d, NH * d
     S = sc + sn + (NH if stabilize else 0)
     inv_sqrt_d = 1.0 / math.sqrt(d)
@@ -273,11 +295,12 @@ def mlstm(
         return jnp.zeros((*check_batch_shape(batch_shape), S), params["w_x"].dtype)
 
     def project(params, x):
-        """``q, k, v [..., NH, d]``, ``o [..., H]``, ``log i, log f [..., NH]`` from ``x [..., D]``."""
+        """``q, k, v [..., NH, d]``, ``o [..., H]``, ``log i, log f [..., NH]`` from ``x [..., D]``
+        (with ``negative_eigenvalues``, the signed gate ``f = tanh(f̃ / 2)`` in place of ``log f``)."""
         xw = x @ params["w_x"]
         bq, bk, bv, bo = jnp.split(params["b"], 4)
         wq, wk, wv, wo = jnp.split(xw, 4, axis=-1)
-        split = lambda a: a.reshape(a.shape[:-1] + (NH, d))  # noqa: E731
+        split = lambda a: a.reshape(a.shape[:-1] + (NH, d))
         q = split(wq + rows(bq, wq))
         k = split(wk * inv_sqrt_d + rows(bk, wk))
         v = split(wv + rows(bv, wv))
@@ -285,6 +308,8 @@ def mlstm(
         g = x @ params["w_gates"]
         g = g + rows(params["b_gates"], g)
         log_i, ft = jnp.split(g, 2, axis=-1)
+        if negative_eigenvalues:
+            return q, k, v, o, log_i, jnp.tanh(0.5 * ft)
         return q, k, v, o, log_i, _log_forget(ft, forget_gate)
 
     def read(C, n, floor, q, o):
@@ -309,7 +334,17 @@ def mlstm(
                              f"initial_carry(params, batch_shape)")
         C, n, m = mlstm_state(carry, H, NH)
         q, k, v, o, log_i, log_f = project(params, x)
-        if stabilize:
+        if negative_eigenvalues and stabilize:  # log_f holds the signed gate f: use log |f|
+            f = log_f
+            log_abs_f = jnp.log(jnp.maximum(jnp.abs(f), jnp.finfo(f.dtype).tiny))
+            m_new = jnp.maximum(log_abs_f + m, log_i)
+            i_p = jnp.exp(log_i - m_new)
+            f_p = f * jnp.exp(m - m_new)  # m - m_new <= -log max(|f|, tiny): finite, |f'| <= 1
+            floor = jnp.exp(-m_new)
+        elif negative_eigenvalues:
+            i_p, f_p = jnp.exp(log_i), log_f
+            floor = jnp.ones_like(log_i)
+        elif stabilize:
             m_new = jnp.maximum(log_f + m, log_i)
             i_p = jnp.exp(log_i - m_new)
             f_p = jnp.exp(log_f + m - m_new)
@@ -325,7 +360,7 @@ def mlstm(
     def coefficients(params, xs):
         xs = check_input(xs, params["w_x"].shape[0], "xs")
         _, k, v, _, log_i, log_f = project(params, xs)
-        i, f = jnp.exp(log_i), jnp.exp(log_f)
+        i, f = jnp.exp(log_i), (log_f if negative_eigenvalues else jnp.exp(log_f))
         a = jnp.concatenate([jnp.repeat(f, d * d, axis=-1), jnp.repeat(f, d, axis=-1)], axis=-1)
         b = pack(i[..., None, None] * (v[..., :, None] * k[..., None, :]), i[..., None] * k)
         return LinearRecurrence(a, b)

@@ -4,6 +4,14 @@
   deterministic given a key; baselines :data:`ADDING_BASELINE_MSE` and :func:`copy_baseline`.
 * :func:`sequential_digits`, :func:`sequential_mnist`, :func:`mnist1d` — sequence
   classification, time-major ``[T, N, 1]``; baseline :data:`CHANCE_ACCURACY`.
+* :func:`parity`, :func:`modular_counting`, :func:`word_problem` (S3, S5, A5 ...),
+  :func:`listops` — state tracking (Delétang et al. 2023; Merrill et al. 2024; Nangia & Bowman
+  2018); :func:`mqar`, :func:`selective_copy`, :func:`induction_heads`, :func:`flip_flop` — recall
+  (Arora et al. 2023; Gu & Dao 2023; Olsson et al. 2022; Liu et al. 2023). Each returns token ids
+  ``[T, B]``, targets ``[T, B]`` and the mask of scored steps (:func:`listops`: padded tokens,
+  values and lengths, host-side; :func:`listops_task` the common form), with a ``*_baseline``: the
+  accuracy of the best predictor without memory. :data:`TASKS` registers them (vocabulary, classes,
+  baseline, solved threshold, training length); :func:`held_out` draws a fixed held-out set.
 * :func:`batch_indices` — mini-batch indices as a pure function of ``(key, step)``.
 """
 
@@ -16,6 +24,44 @@ from rnnjax.tasks.digits import (
     mnist_permutation,
     sequential_digits,
     sequential_mnist,
+)
+from rnnjax.tasks.recall import (
+    FLIP_FLOP_BASELINE,
+    FLIP_FLOP_DENSE,
+    FLIP_FLOP_IGNORE,
+    FLIP_FLOP_READ,
+    FLIP_FLOP_SPARSE,
+    FLIP_FLOP_VOCAB,
+    FLIP_FLOP_WRITE,
+    MQAR_BLANK,
+    flip_flop,
+    induction_heads,
+    induction_heads_baseline,
+    mqar,
+    mqar_baseline,
+    selective_copy,
+    selective_copy_baseline,
+)
+from rnnjax.tasks.state_tracking import (
+    GROUPS,
+    HELD_OUT_FOLD,
+    LISTOPS_PAD,
+    LISTOPS_TOKENS,
+    LISTOPS_VOCAB,
+    SOLVED_ACCURACY,
+    TASKS,
+    TaskSpec,
+    held_out,
+    listops,
+    listops_baseline,
+    listops_task,
+    modular_counting,
+    modular_counting_baseline,
+    parity,
+    parity_baseline,
+    permutation_group,
+    word_problem,
+    word_problem_baseline,
 )
 from rnnjax.tasks.synthetic import (
     ADDING_BASELINE_MSE,
@@ -49,4 +95,41 @@ __all__ = [
     "SequenceDataset",
     "CHANCE_ACCURACY",
     "batch_indices",
+    # state tracking
+    "parity",
+    "parity_baseline",
+    "modular_counting",
+    "modular_counting_baseline",
+    "word_problem",
+    "word_problem_baseline",
+    "permutation_group",
+    "GROUPS",
+    "listops",
+    "listops_task",
+    "listops_baseline",
+    "LISTOPS_TOKENS",
+    "LISTOPS_PAD",
+    "LISTOPS_VOCAB",
+    # recall
+    "mqar",
+    "mqar_baseline",
+    "MQAR_BLANK",
+    "selective_copy",
+    "selective_copy_baseline",
+    "induction_heads",
+    "induction_heads_baseline",
+    "flip_flop",
+    "FLIP_FLOP_BASELINE",
+    "FLIP_FLOP_SPARSE",
+    "FLIP_FLOP_DENSE",
+    "FLIP_FLOP_WRITE",
+    "FLIP_FLOP_READ",
+    "FLIP_FLOP_IGNORE",
+    "FLIP_FLOP_VOCAB",
+    # registry
+    "TASKS",
+    "TaskSpec",
+    "SOLVED_ACCURACY",
+    "held_out",
+    "HELD_OUT_FOLD",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rnnjax.tasks._common import check_int, check_key
 from rnnjax.types import Array, PRNGKey
@@ -22,7 +23,8 @@ def batch_indices(key: PRNGKey, step: int | Array, n: int, batch_size: int) -> A
 
     Args:
       key: PRNG key of the data stream.
-      step: training step >= 0 (int or int array scalar).
+      step: training step >= 0 (int or int array scalar; a concrete negative step is refused, a
+        traced one is not checked).
       n: dataset size >= 1.
       batch_size: 1 <= batch_size <= n.
 
@@ -34,15 +36,14 @@ def batch_indices(key: PRNGKey, step: int | Array, n: int, batch_size: int) -> A
     batch_size = check_int("batch_size", batch_size)
     if batch_size > n:
         raise ValueError(f"batch_size must be <= n = {n}, got {batch_size}")
-    if isinstance(step, bool):
+    if isinstance(step, (bool, np.bool_)):
         raise TypeError("step must be an int, got bool")
-    if isinstance(step, int):
-        if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
-    elif not (hasattr(step, "dtype") and jnp.issubdtype(step.dtype, jnp.integer)
-              and jnp.ndim(step) == 0):
+    if not isinstance(step, int) and not (hasattr(step, "dtype") and jnp.issubdtype(step.dtype, jnp.integer)
+                                          and jnp.ndim(step) == 0):
         raise TypeError(f"step must be an int or a scalar int array, got {type(step).__name__} "
                         f"{getattr(step, 'dtype', '')}")
+    if not isinstance(step, jax.core.Tracer) and not 0 <= int(step) < 2**31:  # concrete: checked
+        raise ValueError(f"step must be in [0, 2**31) (an int32 step counter), got {int(step)}")
     per_epoch = n // batch_size
     step = jnp.asarray(step, jnp.int32)
     epoch, k = step // per_epoch, step % per_epoch

