@@ -1,7 +1,8 @@
 """Sequential (``lax.scan``) vs parallel (``lax.associative_scan``) unroll of linear cells.
 
 For each cell with an associative-scan path (the cells of ``rnnjax.registry`` with
-``parallel=True``: lru, mingru, minlstm, linoss, rglru) and sequence length T, times with ``jax.jit``:
+``parallel=True``: lru, mingru, minlstm, linoss, rglru, s6) and sequence length T, times with
+``jax.jit``:
 
 - ``forward``: ``rnnjax.unroll(cell, params, xs, parallel=...)``;
 - ``train``: one training step, ``jax.grad`` of an MSE loss on the outputs plus an

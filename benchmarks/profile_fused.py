@@ -50,14 +50,14 @@ def parts(cell: str, B: int, T: int, D: int, H: int) -> dict:
     if cell == "lstm":
         args = (p["w_x"], p["w_h"], p["b"], h0, h0, xs, None)
         primal = lambda *a: fused.lstm_scan(False, 1, proj, *a)  # noqa: E731
-        fwd = lambda *a: fused._lstm_fwd(False, 1, proj, *a)  # noqa: E731
-        bwd = lambda res, g: fused._lstm_bwd(False, 1, proj, res, g)  # noqa: E731
+        fwd = lambda *a: fused._lstm_fwd(False, 1, proj, False, *a, None, None, None)  # noqa: E731
+        bwd = lambda res, g: fused._lstm_bwd(False, 1, proj, False, res, g)  # noqa: E731
         ct = lambda out: (jnp.zeros_like(out[0]), jnp.zeros_like(out[1]), out[2])  # noqa: E731
     else:
         args = (p["w_x"], p["w_h"], p["b"], jnp.zeros((H,)), h0, xs, None)
         primal = lambda *a: fused.gru_scan(False, False, 1, proj, *a)  # noqa: E731
-        fwd = lambda *a: fused._gru_fwd(False, False, 1, proj, *a)  # noqa: E731
-        bwd = lambda res, g: fused._gru_bwd(False, False, 1, proj, res, g)  # noqa: E731
+        fwd = lambda *a: fused._gru_fwd(False, False, 1, proj, False, *a, None, None)  # noqa: E731
+        bwd = lambda res, g: fused._gru_bwd(False, False, 1, proj, False, res, g)  # noqa: E731
         ct = lambda out: (jnp.zeros_like(out[0]), out[1])  # noqa: E731
     out, res = jax.jit(fwd)(*args)
     g = ct(out)

@@ -228,6 +228,8 @@ REGISTRY_ROWS: dict[str, str] = {
     "cornn": "cornn", "lem": "lem", "linoss": "linoss", "rglru": "rglru", "slstm": "slstm",
     "mlstm": "mlstm", "antisymmetric": "antisymmetric", "lipschitz": "lipschitz",
 }
+# Registered cells that joined rnnjax after the committed study, so have no row yet.
+NO_ROW_YET = ("deltanet", "gated_deltanet", "s6")
 # Cells whose recurrence is linear in the carry run as two layers, as their papers use them, so
 # the model is not linear in time: registry name -> a GELU after the first layer.
 TWO_LAYERS: dict[str, bool] = {"lru": True, "mingru": False, "minlstm": False, "linoss": True,

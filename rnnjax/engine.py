@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from rnnjax import _workdir as wd
 from rnnjax._checks import check_callable, check_int
 from rnnjax._workdir import Workdir, WorkdirError, read_events
-from rnnjax.checkpoint import params_sha256
+from rnnjax.checkpoint import params_sha256, tree_sha256
 from rnnjax.optim import hyperparameter_errors
 from rnnjax.train import NonFiniteError, TrainState, evaluate
 from rnnjax.types import Array
@@ -808,8 +808,9 @@ class _Run:
                       "guard/step": np.asarray(self.t, np.int32)})
         layout = {k: [list(np.shape(v)), str(np.asarray(v).dtype)] for k, v in extra.items()}
         extra = {k: v for k, v in extra.items() if np.size(v)}
-        self.ckpt.save({"state": self.p.host_state(), "extra": extra}, step=self.t,
-                       user_meta={"layout": layout})
+        state = self.p.host_state()
+        self.ckpt.save({"state": state, "extra": extra}, step=self.t,
+                       user_meta={"layout": layout, "state_sha256": tree_sha256(state)})
         self.saved_at = self.t
 
     # -- one chunk

@@ -1,11 +1,11 @@
 """The cell registry: every sequence cell of rnnjax by name, built in its paper's default setup.
 
-``CELLS`` maps a name (``"lstm"``, ``"indrnn"``, ...) to a :class:`CellSpec`:
+``CELLS`` maps a name (``"lstm"``, ``"indrnn"``, ...) to a ``CellSpec``:
 ``spec.make(hidden_size, T) -> Cell`` builds the cell with ``hidden_size`` units (outputs
-``[T, B, hidden_size]`` under :func:`rnnjax.unroll`) for sequences of ``T`` steps (only the cells
+``[T, B, hidden_size]`` under ``rnnjax.unroll``) for sequences of ``T`` steps (only the cells
 whose setup depends on the horizon use ``T``: IndRNN's initial range of ``u``), and
 ``spec.projection(T)``, where the paper constrains the params, is the projection to pass as
-``project=`` to :func:`rnnjax.train_step` (IndRNN: :func:`rnnjax.indrnn_projection`). A spec is
+``project=`` to ``rnnjax.train_step`` (IndRNN: ``rnnjax.indrnn_projection``). A spec is
 also a factory in the form ``rnnjax.bench`` takes: ``spec(hidden_size, T)`` returns the cell, or
 ``(cell, project)`` for a cell with a projection.
 
@@ -42,9 +42,11 @@ from rnnjax.cells import (
     minlstm,
     orthogonal,
 )
+from rnnjax.cells.delta import deltanet, gated_deltanet
 from rnnjax.cells.ode import antisymmetric, lipschitz
 from rnnjax.cells.oscillatory import cornn, lem, linoss
 from rnnjax.cells.rglru import rglru
+from rnnjax.cells.s6 import s6
 from rnnjax.cells.xlstm import mlstm, slstm
 from rnnjax.types import Cell, Params
 
@@ -60,7 +62,7 @@ class CellSpec:
       make: ``make(hidden_size, T) -> Cell``; ``T`` (the sequence length, ``None`` when unknown)
         is used only by cells whose setup depends on the horizon (``needs_T``).
       projection: ``projection(T) -> (params -> params)``, the constraint the paper applies to the
-        params after every optimizer step (pass it as ``project=`` to :func:`rnnjax.train_step`),
+        params after every optimizer step (pass it as ``project=`` to ``rnnjax.train_step``),
         or ``None``.
       parallel: the cell has a linear form (``cell.linear``), so ``rnnjax.unroll(...,
         parallel=True)`` runs it with ``jax.lax.associative_scan``.
@@ -238,10 +240,31 @@ _SPECS = (
         "beta 0.75, gamma_A 0.001, gamma_W 0.001, epsilon 0.03; Euler steps",
         "Erichson, Azencot, Queiruga, Hodgkinson & Mahoney, Lipschitz recurrent neural networks, ICLR, 2021",
     ),
+    CellSpec(
+        "deltanet",
+        lambda H, T: deltanet(H),
+        "one head; delta-rule writes with beta in (0, 1)",
+        "Schlag, Irie & Schmidhuber, Linear transformers are secretly fast weight programmers, "
+        "ICML, 2021; Yang, Wang, Zhang, Shen & Kim, Parallelizing linear transformers with the "
+        "delta rule over sequence length, NeurIPS, 2024",
+    ),
+    CellSpec(
+        "gated_deltanet",
+        lambda H, T: gated_deltanet(H),
+        "one head; decay time steps in [0.001, 0.1]",
+        "Yang, Kautz & Hatamizadeh, Gated delta networks: improving Mamba2 with delta rule, ICLR, 2025",
+    ),
+    CellSpec(
+        "s6",
+        lambda H, T: s6(H),
+        "state size 16 per channel; dt in [0.001, 0.1]; input projection",
+        "Gu & Dao, Mamba: linear-time sequence modeling with selective state spaces, arXiv:2312.00752, 2023",
+        parallel=True,
+    ),
 )
 
 CELLS: Mapping[str, CellSpec] = MappingProxyType({s.name: s for s in _SPECS})
-"""Every registered cell: name -> :class:`CellSpec` (read-only)."""
+"""Every registered cell: name -> ``CellSpec`` (read-only)."""
 
 
 def names() -> tuple[str, ...]:
@@ -250,7 +273,7 @@ def names() -> tuple[str, ...]:
 
 
 def spec(name: str) -> CellSpec:
-    """The :class:`CellSpec` of ``name``; a ``ValueError`` naming the known cells otherwise."""
+    """The ``CellSpec`` of ``name``; a ``ValueError`` naming the known cells otherwise."""
     if not isinstance(name, str) or name not in CELLS:
         raise ValueError(
             f"unknown cell {name!r}; the registered cells are {', '.join(CELLS)} (rnnjax.registry.names())"
@@ -262,12 +285,12 @@ def cell(name: str, hidden_size: int, T: int | None = None) -> Cell:
     """The cell ``name`` with ``hidden_size`` units in its paper's default setup.
 
     Args:
-      name: a registered name (:func:`names`).
-      hidden_size: H; the cell's outputs are ``[T, B, H]`` under :func:`rnnjax.unroll`.
+      name: a registered name (``names``).
+      hidden_size: H; the cell's outputs are ``[T, B, H]`` under ``rnnjax.unroll``.
       T: the sequence length, required by the cells whose setup depends on it (IndRNN).
 
     Returns:
-      ``CELLS[name].make(hidden_size, T)``. Apply :func:`projection` after every optimizer step.
+      ``CELLS[name].make(hidden_size, T)``. Apply ``projection`` after every optimizer step.
     """
     s = spec(name)
     return s.make(hidden_size, _check_T(s, T))
@@ -275,9 +298,9 @@ def cell(name: str, hidden_size: int, T: int | None = None) -> Cell:
 
 def projection(name: str, T: int | None = None) -> Callable[[Params], Params] | None:
     """The params projection of ``name``'s paper for horizon ``T`` (``project=`` of
-    :func:`rnnjax.train_step`), or ``None`` for a cell without one.
+    ``rnnjax.train_step``), or ``None`` for a cell without one.
 
-    IndRNN (Li et al., CVPR 2018) keeps ``|u| <= 2^(1/T)``: :func:`rnnjax.indrnn_projection`, which
+    IndRNN (Li et al., CVPR 2018) keeps ``|u| <= 2^(1/T)``: ``rnnjax.indrnn_projection``, which
     finds every IndRNN layer in the params it is given, a whole model's included.
     """
     s = spec(name)

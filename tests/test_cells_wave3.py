@@ -131,6 +131,7 @@ def test_parallel_equals_sequential_other_cells(key):
         tree_allclose(g_par, g_seq, atol=2e-4, rtol=2e-4)
 
 
+@pytest.mark.slow  # resets: the scan over apply, covered fast by tests/test_resets.py for every path
 @pytest.mark.parametrize("name", ["gated_deltanet_neg", "s6"])
 def test_resets_equal_separate_segments(name, key):
     """``resets`` (on the chunked cell: falls back to the scan; on S6: the associative scan)

@@ -137,7 +137,7 @@ def test_nonfinite_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, caps
     # the checkpoint of step 4 holds exactly the state of a clean run at step 4
     adding.main(["--workdir", str(tmp_path / "clean"), *common])
     clean = Checkpointer(tmp_path / "clean" / "checkpoints")
-    sha = lambda c: json.loads((c.path(4) / "meta" / "metadata").read_text())["sha256"]  # noqa: E731
+    sha = lambda c: json.loads((c.path(4) / "meta" / "metadata").read_text())["user"]["state_sha256"]  # noqa: E731
     assert sha(ck) == sha(clean)
 
 

@@ -71,7 +71,14 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("name,make,opts,reverse,use_len,use_resets", CASES, ids=[c[0] for c in CASES])
+SLOW_CASES = ['elman-chunk-sqrt-len', 'elman-remat-rev-len-resets', 'gru-after-fused-rev-resets', 'lru-parallel-len-resets', 'lstm-fused-rev-len', 'minlstm-plain-parallel-rev', 'stack-len-resets']  # the same paths at other options: in `make test-slow` (suite time)
+
+
+def _marked(cases):
+    return [pytest.param(*c, marks=pytest.mark.slow) if c[0] in SLOW_CASES else c for c in cases]
+
+
+@pytest.mark.parametrize("name,make,opts,reverse,use_len,use_resets", _marked(CASES), ids=[c[0] for c in CASES])
 def test_carries_equal_python_loop(name, make, opts, reverse, use_len, use_resets):
     cell = make()
     params = cell.init(jax.random.key(0), D)

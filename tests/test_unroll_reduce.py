@@ -60,7 +60,14 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("name,make,stream,opts", CASES, ids=[c[0] for c in CASES])
+SLOW_CASES = ['elman-array-remat-rev-resets', 'gru-array-chunk3-resets-remat', 'gru-stream-sqrt-len']  # the same paths at other options: in `make test-slow` (suite time)
+
+
+def _marked(cases):
+    return [pytest.param(*c, marks=pytest.mark.slow) if c[0] in SLOW_CASES else c for c in cases]
+
+
+@pytest.mark.parametrize("name,make,stream,opts", _marked(CASES), ids=[c[0] for c in CASES])
 def test_equals_unroll_then_fold(name, make, stream, opts):
     cell = make()
     params = cell.init(jax.random.key(0), D)
