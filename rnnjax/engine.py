@@ -741,7 +741,7 @@ class _Run:
     @property
     def path(self) -> Path:
         assert self.run is not None, "no work directory"
-        return self.path
+        return self.run.path
 
     def open(self, template: Any) -> None:
         s = self.s
