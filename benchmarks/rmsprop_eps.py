@@ -50,8 +50,12 @@ def _nu(opt_state):
 
 def measure(row: str, task: str, T: int, at: list[int], seed: int = 0) -> list[dict]:
     """Train ``row`` of the vanishing study (its recipe, one seed) and measure at the steps ``at``."""
-    import rnnjax
+    import dataclasses
+
     import vanishing as V
+
+    import rnnjax
+    from rnnjax import bench
 
     spec = V.spec_by_name(row)
     rc = spec.recipe
@@ -61,10 +65,8 @@ def measure(row: str, task: str, T: int, at: list[int], seed: int = 0) -> list[d
     if opt.get("eps_in_sqrt", True) is not True:
         raise ValueError(f"row {row!r} already uses PyTorch's form (eps_in_sqrt=False): nothing to measure")
     eps = float(opt.get("eps", 1e-8))
-    cfg = V.TrainConfig(task=task, T=T, steps=max(at), H=rc.H, batch=rc.batch, lr=rc.lr, clip=rc.clip,
-                        optimizer=rc.optimizer, lr_factors=rc.lr_factors, opt_kwargs=rc.opt_kwargs,
-                        eval_every=max(at), seeds=(seed,))
-    tr = V.build_training(spec, cfg)
+    recipe = dataclasses.replace(rc, steps=max(at), eval_every=max(at))
+    tr = V.build_training(spec, bench.tasks.get(task, T), recipe)
     config = {"seed": seed, "lr": rc.lr}
     state = tr.init_fn(config)
     step_fn = lambda s, b: tr.step_fn(s, b, config)  # noqa: E731

@@ -36,40 +36,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-SOLVED_FRACTION = 0.1  # a seed is solved when its test loss < SOLVED_FRACTION x baseline
-DATA_ROOT, TEST_ROOT = 0, 1  # training data: key(0) folded with seed, step; test: key(1)
+from rnnjax import bench
+
+SOLVED_FRACTION = bench.tasks.SOLVED_FRACTION  # a seed is solved when its test loss < SOLVED_FRACTION x baseline
+DATA_ROOT, TEST_ROOT = bench.tasks.DATA_ROOT, bench.tasks.TEST_ROOT  # data: key(0) + seed, step; test: key(1)
 
 
 # ------------------------------------------------------------------------------------- the rows
-
-@dataclass(frozen=True)
-class Recipe:
-    """How a row is trained. The defaults are the study's common recipe (clipped Adam)."""
-
-    H: int | None = None  # hidden size (None: the grid's)
-    optimizer: str = "adam"
-    lr: float | None = None  # None: --lr
-    lrs: tuple = ()  # learning rates swept next to the seeds (empty: just lr)
-    clip: float | None = 1.0  # global-norm clipping (None: none)
-    batch: int = 32
-    lr_factors: tuple = ()  # ((cell param name, factor), ...): per-leaf learning rate
-    opt_kwargs: tuple = ()  # ((name, value), ...) more rnnjax.optimizer arguments
-    runs: tuple = ()  # ((task, T), ...) for paper rows
-    steps: int | None = None  # the step budget here (None: the grid's)
-    eval_every: int | None = None  # None: the grid's
-
 
 @dataclass(frozen=True)
 class Paper:
@@ -89,8 +73,9 @@ class Spec:
     init: str  # initialisation label
     train: bool = False  # trained in the equal-budget grid (one row per cell type)
     flow: bool = True  # drawn in the gradient flow at initialisation
-    recipe: Recipe = field(default_factory=Recipe)
+    recipe: Any = None  # a paper row's rnnjax.bench.Recipe (None: the grid's)
     paper: Paper | None = None
+    runs: tuple = ()  # ((task, T), ...): a paper row's tasks
 
 
 SPECS_ALL = [
@@ -124,9 +109,10 @@ SPECS_ALL = [
     Spec("lipschitz", "lipschitz", "default", train=True),
     # the papers' claims with the papers' recipes
     Spec("indrnn-paper", "indrnn", "2 layers; u1 ~ U[0, 2^(1/T)], u2 ~ U[2^(-1/T), 2^(1/T)]", flow=False,
-         recipe=Recipe(H=128, optimizer="adam", lr=2e-4, clip=None, batch=32,
-                       opt_kwargs=(("schedule", "exponential"), ("decay_steps", 20000), ("decay_rate", 0.1)),
-                       runs=(("adding", 1000), ("adding", 5000)), steps=3000, eval_every=150),
+         recipe=bench.Recipe(hidden_size=128, optimizer="adam", lr=2e-4, clip=None, batch=32,
+                             opt_kwargs=(("schedule", "exponential"), ("decay_steps", 20000),
+                                         ("decay_rate", 0.1)), steps=3000, eval_every=150),
+         runs=(("adding", 1000), ("adding", 5000)),
          paper=Paper("IndRNN solves adding at T=1000 and T=5000 where LSTM and IRNN fail (Li et al. 2018)",
                      "2 layers x 128 ReLU; input weights N(0, 0.001^2); u of layer 1 ~ U(0, 2^(1/T)), "
                      "layer 2 ~ U((1/2)^(1/T), 2^(1/T)); |u| clipped to 2^(1/T) after every update; "
@@ -134,47 +120,52 @@ SPECS_ALL = [
                      "one marker in each half",
                      "order 10^4 steps (Li et al. 2018, Fig. 2)")),
     Spec("lstm-chrono-paper", "lstm", "chrono, T_max = 3T/2", flow=False,
-         recipe=Recipe(H=128, optimizer="rmsprop", lr=1e-3, clip=None, batch=32,
-                       opt_kwargs=(("decay", 0.9), ("eps_in_sqrt", False)), runs=(("copy", 500),),
-                       steps=20000, eval_every=100),
+         recipe=bench.Recipe(hidden_size=128, optimizer="rmsprop", lr=1e-3, clip=None, batch=32,
+                             opt_kwargs=(("decay", 0.9), ("eps_in_sqrt", False)), steps=20000, eval_every=100),
+         runs=(("copy", 500),),
          paper=Paper("chrono initialisation lets an LSTM solve copy at T=500 where the standard LSTM "
                      "stays at the baseline (Tallec & Ollivier 2018)",
                      "128 units; RMSprop (alpha 0.9, eps 1e-8 added to the root: PyTorch's form) lr 1e-3; "
                      "batch 32; chrono T_max = 3T/2; no clipping",
                      "order 10^4 iterations (Tallec & Ollivier 2018, copy-task figure)")),
     Spec("exprnn-paper", "orthogonal", "expm(A - A^T), Henaff", flow=False,
-         recipe=Recipe(H=190, optimizer="rmsprop", lr=2e-4, clip=None, batch=128, lr_factors=(("a", 0.1),),
-                       opt_kwargs=(("decay", 0.99), ("eps_in_sqrt", False)), runs=(("copy", 1000),),
-                       steps=4000, eval_every=100),
+         recipe=bench.Recipe(hidden_size=190, optimizer="rmsprop", lr=2e-4, clip=None, batch=128,
+                             lr_factors=(("a", 0.1),), opt_kwargs=(("decay", 0.99), ("eps_in_sqrt", False)),
+                             steps=4000, eval_every=100),
+         runs=(("copy", 1000),),
          paper=Paper("expRNN solves copy at T=1000 (Lezcano-Casado & Martinez-Rubio 2019)",
                      "hidden 190, Henaff init, modReLU; RMSprop (PyTorch's: alpha 0.99, eps 1e-8 added to "
                      "the root) lr 2e-4, 2e-5 on the skew-symmetric parameter; batch 128; no clipping",
                      "4000 iterations")),
     Spec("lem-paper", "lem", "dt 0.0242", flow=False,
-         recipe=Recipe(H=128, optimizer="adam", lr=2.6e-3, clip=None, batch=50,
-                       runs=(("adding", 2000),), steps=5000, eval_every=100),
+         recipe=bench.Recipe(hidden_size=128, optimizer="adam", lr=2.6e-3, clip=None, batch=50, steps=5000,
+                             eval_every=100),
+         runs=(("adding", 2000),),
          paper=Paper("LEM solves adding at T=2000, test MSE ~5e-5 (Rusch et al. 2022)",
                      "hidden 128; Adam 2.6e-3; batch 50; dt 0.0242; no clipping",
                      "the authors' T=2000 log (tk-rusch/LEM, src/adding/results) holds 300 test "
                      "evaluations; its test MSE is below 0.1 x the baseline from the 20th on and "
                      "reaches ~5e-5 after the 130th")),
     Spec("cornn-paper", "cornn", "dt 0.06, gamma 66, epsilon 15", flow=False,
-         recipe=Recipe(H=128, optimizer="adam", lr=2e-2, clip=None, batch=50,
-                       runs=(("adding", 2000),), steps=2000, eval_every=100),
+         recipe=bench.Recipe(hidden_size=128, optimizer="adam", lr=2e-2, clip=None, batch=50, steps=2000,
+                             eval_every=100),
+         runs=(("adding", 2000),),
          paper=Paper("coRNN solves adding at long T (Rusch & Mishra 2021)",
                      "hidden 128; Adam 2e-2; batch 50; dt 0.06, gamma 66, epsilon 15; no clipping",
                      "up to 60,000 steps (max_steps of the authors' adding_task.py, tk-rusch/coRNN), "
                      "test MSE every 100")),
     Spec("lru-long", "lru", "ring r in [0.99, 0.9999]", flow=False,
-         recipe=Recipe(H=64, optimizer="adam", lr=3e-3, clip=1.0, batch=32, runs=(("copy", 500),),
-                       steps=1000, eval_every=50),
+         recipe=bench.Recipe(hidden_size=64, optimizer="adam", lr=3e-3, clip=1.0, batch=32, steps=1000,
+                             eval_every=50),
+         runs=(("copy", 500),),
          paper=Paper("an LRU whose eigenvalue radii start near 1 holds long memories (Orvieto et al. 2023)",
                      "2 LRU layers x 64 with a GELU between; radii r in [0.99, 0.9999] (r_min pushed "
                      "towards 1, as the paper does for long-range tasks); Adam 3e-3, clip 1, batch 32",
                      "the paper trains on the Long Range Arena, not this task")),
     Spec("irnn-paper", "irnn", "identity", flow=False,
-         recipe=Recipe(H=100, optimizer="sgd", lr=1e-2, lrs=(1e-2, 1e-3), clip=10.0, batch=16,
-                       runs=(("adding", 150),), steps=20000, eval_every=1000),
+         recipe=bench.Recipe(hidden_size=100, optimizer="sgd", lr=(1e-2, 1e-3), clip=10.0, batch=16,
+                             steps=20000, eval_every=1000),
+         runs=(("adding", 150),),
          paper=Paper("IRNN solves adding at T=150-300 (Le et al. 2015)",
                      "hidden 100, identity init, input weights N(0, 0.001^2); plain SGD with gradient "
                      "clipping (norm 10), batch 16; learning rates 1e-2 and 1e-3 swept (the paper chose "
@@ -219,38 +210,28 @@ def spec_by_name(name: str) -> Spec:
 
 
 # The rows that train a cell of ``rnnjax.registry`` as the registry builds it (row -> registry
-# name); every registered cell has one. The other rows are variants of a cell (initialisations,
-# the papers' constants), built in :func:`make_model`.
-REGISTRY_ROWS: dict[str, str] = {
-    "elman-orth": "elman", "irnn": "irnn", "irnn-paper": "irnn", "jordan": "jordan",
-    "lstm-fb1": "lstm", "gru-before": "gru", "mgu": "mgu", "indrnn": "indrnn", "lru": "lru",
-    "mingru": "mingru", "minlstm": "minlstm", "exprnn": "orthogonal", "exprnn-paper": "orthogonal",
-    "cornn": "cornn", "lem": "lem", "linoss": "linoss", "rglru": "rglru", "slstm": "slstm",
-    "mlstm": "mlstm", "antisymmetric": "antisymmetric", "lipschitz": "lipschitz",
-}
+# name; ``rnnjax.bench.builtin`` builds them, two layers for the cells whose recurrence is linear in
+# the carry); every registered cell has one. The other rows are variants of a cell
+# (initialisations, the papers' constants), built in :func:`make_model`.
+REGISTRY_ROWS: dict[str, str] = {row: name for name, row in bench.BUILTIN_ROWS.items()}
+REGISTRY_ROWS["irnn-paper"] = "irnn"
+REGISTRY_ROWS["exprnn-paper"] = "orthogonal"
 # Registered cells that joined rnnjax after the committed study, so have no row yet.
 NO_ROW_YET = ("deltanet", "gated_deltanet", "s6")
-# Cells whose recurrence is linear in the carry run as two layers, as their papers use them, so
-# the model is not linear in time: registry name -> a GELU after the first layer.
-TWO_LAYERS: dict[str, bool] = {"lru": True, "mingru": False, "minlstm": False, "linoss": True,
-                               "rglru": True, "mlstm": True}
 
 
 def make_model(spec: Spec, H: int, T: int):
     """``(cell, project)``: the cell (or stack) of ``spec`` with hidden size ``H`` for horizon ``T``,
     and the projection applied to the params after every optimizer step (or None): IndRNN's
-    ``|u| <= 2^(1/T)`` (:func:`rnnjax.indrnn_projection`, which finds the IndRNN layers in any
-    layout, the model's whole params included).
-
-    The rows of :data:`REGISTRY_ROWS` are ``rnnjax.registry``'s cell (two layers for the cells of
-    :data:`TWO_LAYERS`, whose recurrence is linear in the carry: with a GELU after the first for
-    the LRU-like ones, as their papers use them, so the model is not linear in time).
+    ``|u| <= 2^(1/T)`` (``rnnjax.indrnn_projection``, which finds the IndRNN layers in any layout,
+    the model's whole params included). The rows of :data:`REGISTRY_ROWS` are
+    ``rnnjax.bench.builtin``'s model of the registry's cell.
     """
     import jax
 
     import rnnjax
     from rnnjax import initializers as inits
-    from rnnjax import layers, registry
+    from rnnjax import layers
 
     def two(make, gelu=True):
         first = make()
@@ -262,10 +243,7 @@ def make_model(spec: Spec, H: int, T: int):
     if spec.name in rho:
         return rnnjax.elman(H, recurrent_init=inits.spectral_radius(rho[spec.name])), None
     if spec.name in REGISTRY_ROWS:
-        name = REGISTRY_ROWS[spec.name]
-        cell = (two(lambda: registry.cell(name, H, T), gelu=TWO_LAYERS[name]) if name in TWO_LAYERS
-                else registry.cell(name, H, T))
-        return cell, registry.projection(name, T)
+        return bench.builtin(REGISTRY_ROWS[spec.name])(H, T)
     if spec.name == "indrnn-paper":
         bound, project = rnnjax.indrnn_max_abs(T), rnnjax.indrnn_projection(T)
 
@@ -336,333 +314,53 @@ def flow_at_init(spec: Spec, T: int, H: int, B: int, seed: int) -> dict:
 
 # ------------------------------------------------------------------------------ part 2: training
 
-@dataclass
-class TrainConfig:
-    """One row's training: the task, the model and recipe, the budget and the seeds."""
-
-    task: str
-    T: int
-    steps: int
-    H: int
-    batch: int = 32
-    lr: float = 1e-2
-    lrs: tuple = ()
-    clip: float | None = 1.0
-    optimizer: str = "adam"
-    lr_factors: tuple = ()
-    opt_kwargs: tuple = ()
-    eval_every: int = 50
-    test_size: int = 500
-    seeds: tuple = (0, 1, 2, 3)
-
-    def as_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        for k in ("lrs", "lr_factors", "opt_kwargs", "seeds"):
-            d[k] = [list(v) if isinstance(v, tuple) else v for v in d[k]]
-        return d
+GRID_RECIPE = bench.Recipe()
+STUDY_BUDGET = GRID_RECIPE.steps
+"""The equal-budget grid's recipe: ``rnnjax.bench``'s default (H 64, Adam 1e-2, clip 1, batch 32,
+1000 steps, evaluation every 50 steps on 500 held-out sequences)."""
 
 
-def task_fns(task: str, T: int):
-    """(make_batch(key, batch), input size, outputs, loss(outs, targets), baseline, metric name)."""
-    import rnnjax
+def factory(spec: Spec):
+    """``make(hidden_size, T)`` of a row, for ``rnnjax.bench``."""
+    def make(H: int, T: int):
+        return make_model(spec, H, T)
 
-    if task == "adding":
-        def loss(outs, ys):  # outs [T, B, 1]: the last step predicts the sum
-            return rnnjax.losses.mse(outs[-1], ys)
-
-        return ((lambda k, b: rnnjax.tasks.adding(k, b, T)), 2, 1, loss,
-                rnnjax.tasks.ADDING_BASELINE_MSE, "test_mse")
-    if task == "copy":
-        def loss(outs, ys):  # outs [T+20, B, 9]: every step predicts blank or a symbol
-            return rnnjax.losses.sequence_cross_entropy(outs, ys)
-
-        return ((lambda k, b: rnnjax.tasks.copy_memory(k, b, T)), rnnjax.tasks.COPY_VOCAB,
-                rnnjax.tasks.COPY_NUM_SYMBOLS + 1, loss, rnnjax.tasks.copy_baseline(T),
-                "test_cross_entropy")
-    raise ValueError(f"task must be 'adding' or 'copy', got {task!r}")
+    make.__name__ = spec.name
+    return make
 
 
-def scale_cell_leaves(factors: dict):
-    """Multiply the updates of the cell params named in ``factors`` (e.g. ``{"a": 0.1}``).
-
-    After an Adam/RMSprop step this is a per-parameter learning rate: the direction is computed
-    per element, so scaling the update by ``f`` is the same as training that leaf at ``f * lr``.
-    """
-    import jax
-    import optax
-
-    def scale(updates, params=None):
-        del params
-        return {**updates, "cell": {k: (jax.tree.map(lambda u: u * factors[k], v) if k in factors else v)
-                                    for k, v in updates["cell"].items()}}
-
-    return optax.stateless(scale)
+_FACTORIES: dict[str, Any] = {}
 
 
-def steps_to_solve(eval_steps, test_losses, threshold: float) -> int | None:
-    """The first evaluation step at which the test loss is below ``threshold`` (None: never).
-
-    Args:
-      eval_steps: ``[n_evals]`` step counts of the evaluations, increasing.
-      test_losses: ``[n_evals]`` test losses there (NaN/inf never count as solved).
-      threshold: ``0.1 x baseline``.
-    """
-    steps = np.asarray(eval_steps)
-    losses = np.asarray(test_losses, np.float64)
-    if steps.shape != losses.shape or steps.ndim != 1:
-        raise ValueError(f"eval_steps and test_losses must be 1-d of one length, got {steps.shape} "
-                         f"and {losses.shape}")
-    hit = np.flatnonzero(np.isfinite(losses) & (losses < threshold))
-    return int(steps[hit[0]]) if hit.size else None
+def train_row(spec: Spec, task: bench.Task, recipe: bench.Recipe, seeds=(0, 1, 2, 3), *,
+              workdir: str | None = None, trained_flow: bool = True, progress: bool = False) -> list[dict]:
+    """One row of the study through ``rnnjax.bench.train_row`` (one ``run_sweep`` over the seeds and
+    the recipe's learning rates): one record per learning rate. With ``workdir``, a finished row
+    is read back from ``workdir/<task>-T<T>-<row>/row.json`` and an interrupted one resumes."""
+    make = _FACTORIES.setdefault(spec.name, factory(spec))  # one function per row: programs reused
+    recipe = dataclasses.replace(recipe, init=spec.init)
+    return bench.train_row(spec.name, make, task, recipe, seeds, workdir=workdir, cell_type=spec.cell,
+                           paper=spec.paper is not None, flow=False, trained_flow=trained_flow,
+                           progress=progress)
 
 
-def median_steps(per_seed_steps: list) -> float | None:
-    """Median steps-to-solve over seeds, an unsolved seed counting as infinitely many steps
-    (None when at least half the seeds are unsolved: the median is then 'not within budget')."""
-    v = np.sort([np.inf if s is None else float(s) for s in per_seed_steps])
-    m = float(np.median(v)) if v.size else np.inf
-    return m if math.isfinite(m) else None
-
-
-class Training(NamedTuple):
-    """The pure functions of a row's training (see :func:`build_training`)."""
-
-    init_fn: Callable  # init_fn(config) -> TrainState
-    step_fn: Callable  # step_fn(state, batch, config) -> (state, metrics), projection included
-    batch_fn: Callable  # batch_fn(config, step) -> batch
-    eval_fn: Callable  # eval_fn(params, config) -> {"test_loss": scalar}
-    make_tx: Callable  # make_tx(config) -> the optax chain
-    cell: Any
-    readout: Any
-    forward: Callable  # forward(params, xs) -> outputs
-    loss_on: Callable  # loss_on(outputs, targets) -> scalar
-    test_batch: Callable  # test_batch() -> the held-out (xs, ys)
-
-
-def build_training(spec: Spec, cfg: TrainConfig) -> Training:
-    """The :class:`Training` functions of a row.
-
-    The functions follow :func:`rnnjax.sweep.run_sweep`: a configuration holds ``seed`` and ``lr``
-    (numeric: the sweep axis); the rest of the row is static (closed over).
-    """
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    import rnnjax
-
-    make_batch, D, O, loss_on, _, _ = task_fns(cfg.task, cfg.T)
-    cell, project = make_model(spec, cfg.H, cfg.T)
-    readout = rnnjax.layers.dense(O)
-    factors = dict(cfg.lr_factors)
-
-    def make_tx(config):
-        tx = rnnjax.optimizer(cfg.optimizer, config["lr"], clip_norm=cfg.clip, **dict(cfg.opt_kwargs))
-        return optax.chain(tx, scale_cell_leaves(factors)) if factors else tx
-
-    def init_fn(config):
-        k_cell, k_out, k_run = jax.random.split(jax.random.key(config["seed"]), 3)
-        cp = cell.init(k_cell, D)
-        params = {"cell": cp, "readout": readout.init(k_out, rnnjax.layers.output_size(cell, cp, D))}
-        return rnnjax.TrainState.create(params, make_tx(config), key=k_run)
-
-    def forward(p, xs):
-        _, outs = rnnjax.unroll(cell, p["cell"], xs)
-        return readout.apply(p["readout"], outs)
-
-    def loss_fn(p, batch, key):
-        del key
-        return loss_on(forward(p, batch[0]), batch[1])
-
-    def step_fn(state, batch, config):
-        return rnnjax.train_step(loss_fn, make_tx(config), project=project)(state, batch)
-
-    def batch_fn(config, step):
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(DATA_ROOT), config["seed"]), step)
-        return make_batch(key, cfg.batch)
-
-    chunk = min(cfg.test_size, 100)
-    n_chunks = -(-cfg.test_size // chunk)
-
-    def test_batch():
-        return make_batch(jax.random.key(TEST_ROOT), n_chunks * chunk)
-
-    def eval_fn(params, config):
-        del config
-        xs, ys = test_batch()  # the same held-out sequences for every seed and evaluation
-        T_in = xs.shape[0]
-        xs = jnp.moveaxis(xs.reshape(T_in, n_chunks, chunk, *xs.shape[2:]), 1, 0)
-        ys = (ys.reshape(n_chunks, chunk, *ys.shape[1:]) if cfg.task == "adding"
-              else jnp.moveaxis(ys.reshape(ys.shape[0], n_chunks, chunk), 1, 0))
-        losses = jax.lax.map(lambda b: loss_on(forward(params, b[0]), b[1]), (xs, ys))
-        return {"test_loss": jnp.mean(losses)}
-
-    return Training(init_fn, step_fn, batch_fn, eval_fn, make_tx, cell, readout, forward, loss_on, test_batch)
-
-
-def _sweep(configs, init_fn, step_fn, batch_fn, eval_fn, *, steps, eval_every, workdir, config,
-           progress=False):
-    """``run_sweep`` with evaluation: ``(result, eval_steps [n_evals], test_loss [n, n_evals])``.
-
-    Checkpoints (with ``workdir``) fall on evaluation steps, so every compiled chunk of the engine
-    has the same length (one program per row).
-    """
-    from rnnjax.sweep import run_sweep
-
-    ckpt_every = eval_every * max(1, 500 // eval_every)
-    result = run_sweep(configs, init_fn, step_fn, batch_fn, steps=steps, eval_fn=eval_fn,
-                       eval_every=eval_every, workdir=workdir, ckpt_every=ckpt_every if workdir else None,
-                       config=config, progress=progress)
-    return result, np.asarray(result.eval_steps), np.asarray(result.eval_metrics["test_loss"], np.float64)
-
-
-_BUILT: dict = {}
-
-
-def _row_id(spec: Spec, cfg: TrainConfig) -> str:
-    return f"{cfg.task}-T{cfg.T}-{spec.name}"
-
-
-def _config_hash(d: dict) -> str:
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def train_row(spec: Spec, cfg: TrainConfig, *, workdir: str | None = None,
-              trained_flow: bool = True, progress: bool = False) -> list[dict]:
-    """Train one row (all its seeds, and learning rates if it sweeps them) in one ``run_sweep``.
-
-    Returns one run per learning rate: the record fields plus the curves (``eval_steps``,
-    ``test_loss`` per seed, the median training loss) and the gradient flow after training of the
-    seed with the median final loss (``trained_flow=False``: not computed, one compile less). With
-    ``workdir``, a finished row is read back from
-    ``workdir/<task>-T<T>-<row>/row.json`` (same configuration), and the engine checkpoints the
-    sweep there, so an interrupted row resumes.
-    """
-    import jax
-
-    import rnnjax
-
-    row_dir = None if workdir is None else os.path.join(workdir, _row_id(spec, cfg))
-    cfg_d = {"row": spec.name, **cfg.as_dict()}
-    if row_dir is not None:
-        old = finished_row(spec, cfg, workdir)
-        if old is not None:
-            return old
-        os.makedirs(row_dir, exist_ok=True)
-
-    _, _, _, _, baseline, metric = task_fns(cfg.task, cfg.T)
-    # the same functions for the same row (whatever its budget), so the engine reuses its programs
-    key = (spec, json.dumps({k: v for k, v in cfg_d.items() if k != "steps"}, sort_keys=True))
-    if key not in _BUILT:
-        if len(_BUILT) >= 16:
-            _BUILT.pop(next(iter(_BUILT)))
-        _BUILT[key] = build_training(spec, cfg)
-    init_fn, step_fn, batch_fn, eval_fn, _, cell, readout, _, loss_on, test_batch = _BUILT[key]
-    lrs = list(cfg.lrs) or [cfg.lr]
-    configs = [{"lr": float(lr), "seed": int(s)} for lr in lrs for s in cfg.seeds]
-    t0 = time.perf_counter()
-    result, eval_steps, test_loss = _sweep(
-        configs, init_fn, step_fn, batch_fn, eval_fn, steps=cfg.steps, eval_every=cfg.eval_every,
-        workdir=None if row_dir is None else os.path.join(row_dir, "sweep"),
-        config={k: v for k, v in cfg_d.items() if k != "steps"}, progress=progress)
-    seconds = time.perf_counter() - t0
-    sweep_json = None if row_dir is None else os.path.join(row_dir, "sweep", "results.json")
-    if sweep_json is not None and os.path.exists(sweep_json):  # add the time earlier processes spent
-        with open(sweep_json) as fh:
-            info = json.load(fh)
-        seconds += max(0.0, float(info.get("wall_time_s", 0.0)) - float(info.get("wall_time_this_process_s", 0.0)))
-    train_loss = np.asarray(result.metrics["loss"], np.float64)
-    nonfinite = np.nansum(np.asarray(result.metrics.get("nonfinite", np.zeros_like(train_loss)), np.float64), axis=1)
-    # a seed the engine's non-finite guard froze has diverged: no final loss, however finite the
-    # loss of its frozen (last good) params
-    for i, step in enumerate(result.diverged):
-        if step is not None:
-            test_loss[i] = np.where(eval_steps >= step, np.nan, test_loss[i])
-    threshold = SOLVED_FRACTION * baseline
-
-    runs = []
-    for lr in lrs:
-        idx = [i for i, c in enumerate(configs) if c["lr"] == float(lr)]
-        finals = test_loss[idx, -1]
-        per_seed = []
-        for i in idx:
-            final = float(test_loss[i, -1])
-            per_seed.append({"seed": configs[i]["seed"], "final_test_loss": _finite(final),
-                             "final_ratio": _finite(final / baseline),
-                             "steps_to_solve": steps_to_solve(eval_steps, test_loss[i], threshold),
-                             "nonfinite_steps": int(nonfinite[i])})
-        solved_seeds = sum(p["steps_to_solve"] is not None for p in per_seed)
-        ok = finals[np.isfinite(finals)]
-        q25, q50, q75 = (np.percentile(ok, [25, 50, 75]) if ok.size else (np.nan,) * 3)
-        # gradient flow after training: the seed with the median final loss, on 64 test sequences
-        order = np.argsort(np.where(np.isfinite(finals), finals, np.inf))
-        mid = idx[int(order[(len(idx) - 1) // 2])]
-        flow_lg = None
-        if trained_flow:
-            xs, ys = test_batch()
-            xs_f, ys_f = xs[:, :64], (ys[:, :64] if cfg.task == "copy" else ys[:64])
-            flow = jax.jit(lambda p, x, y: rnnjax.gradient_flow(
-                cell, p["cell"], x, lambda outs: loss_on(readout.apply(p["readout"], outs), y)))(
-                result.state(mid).params, xs_f, ys_f)
-            flow_lg = [_finite(v) for v in np.asarray(flow.log10_norms, np.float64)]
-        median_train = np.nanmedian(train_loss[idx], axis=0)
-        stride = max(1, cfg.steps // 200)
-        label = spec.name if len(lrs) == 1 else f"{spec.name} lr={lr:g}"
-        recipe = {"hidden_size": cfg.H, "optimizer": cfg.optimizer, "lr": float(lr),
-                  "clip_norm": cfg.clip, "batch": cfg.batch, "lr_factors": dict(cfg.lr_factors),
-                  **{k: v for k, v in cfg.opt_kwargs}, "steps": cfg.steps, "eval_every": cfg.eval_every,
-                  "test_size": cfg.test_size, "init": spec.init}
-        runs.append({
-            "task": cfg.task, "cell": spec.cell, "name": label, "row": spec.name, "init": spec.init,
-            "T": cfg.T, "metric": metric, "baseline": baseline, "threshold": threshold,
-            "seeds": len(idx), "solved_seeds": solved_seeds, "solved": bool(2 * solved_seeds >= len(idx)),
-            "per_seed": per_seed,
-            "final_loss_median": _finite(q50), "final_loss_iqr": [_finite(q25), _finite(q75)],
-            "ratio_median": _finite(q50 / baseline),
-            "steps_to_solve_median": median_steps([p["steps_to_solve"] for p in per_seed]),
-            "diverged_seeds": int(np.sum(~np.isfinite(finals))),
-            "recipe": recipe, "paper": spec.paper is not None, "steps": cfg.steps,
-            "seconds": seconds / len(lrs),
-            "eval_steps": [int(s) for s in eval_steps],
-            "test_loss": [[_finite(v) for v in test_loss[i]] for i in idx],
-            "train_loss_median": [[int(t + 1), _finite(median_train[t])]
-                                  for t in range(stride - 1, cfg.steps, stride)],
-            "trained_flow_seed": configs[mid]["seed"],
-            "trained_log10_flow": flow_lg,
-        })
-    if row_dir is not None:
-        tmp = os.path.join(row_dir, "row.json.tmp")
-        with open(tmp, "w") as fh:
-            json.dump({"config": cfg_d, "config_hash": _config_hash(cfg_d), "runs": runs}, fh, allow_nan=False)
-        os.replace(tmp, os.path.join(row_dir, "row.json"))
-    return runs
-
-
-def finished_row(spec: Spec, cfg: TrainConfig, workdir: str, *,
+def finished_row(spec: Spec, task: bench.Task, recipe: bench.Recipe, seeds, workdir: str, *,
                  shorter: bool = False) -> list[dict] | None:
-    """The runs of a row finished in ``workdir`` with this very configuration, or None.
+    """The records of a row finished in ``workdir`` (``rnnjax.bench.core.finished``)."""
+    from rnnjax.bench.core import finished
 
-    ``shorter=True`` also accepts the row finished with the same configuration but a smaller step
-    budget (a study whose budget was raised, continuing from that row's checkpoints): its runs then
-    carry ``budget_planned`` (``cfg.steps``) next to ``steps`` (the budget they finished).
-    """
-    cached = os.path.join(workdir, _row_id(spec, cfg), "row.json")
-    if not os.path.exists(cached):
-        return None
-    with open(cached) as fh:
-        old = json.load(fh)
-    want = {"row": spec.name, **cfg.as_dict()}
-    if old.get("config_hash") != _config_hash(want):
-        got = old.get("config", {})
-        same_but_budget = ({k: v for k, v in got.items() if k != "steps"}
-                           == {k: v for k, v in want.items() if k != "steps"})
-        if not (shorter and same_but_budget and int(got.get("steps", 0)) < cfg.steps):
-            return None
-        for r in old["runs"]:
-            r["budget_planned"] = cfg.steps
-    for r in old["runs"]:
-        r["resumed"] = True
-    return old["runs"]
+    return finished(spec.name, task, recipe, seeds, workdir, shorter=shorter)
+
+
+steps_to_solve = bench.steps_to_solve
+median_steps = bench.median_steps
+
+
+def build_training(spec: Spec, task: bench.Task, recipe: bench.Recipe):
+    """The pure functions of a row's training (``rnnjax.bench.core.build``)."""
+    from rnnjax.bench.core import build
+
+    return build(factory(spec), task, recipe)
 
 
 def _finite(v) -> float | None:
@@ -788,7 +486,12 @@ def literature_comparison(runs: list[dict]) -> str:
         best, tried = longest(row, task)
         if tried:
             got = f"longest T solved: {best}" if best else "solved at no T"
-            lines.append(f"- {claim}: {row} on {task} — {got} (tried T = {', '.join(map(str, tried))}).")
+            line = f"- {claim}: {row} on {task} — {got} (tried T = {', '.join(map(str, tried))})"
+            budget = min(r.get("steps", STUDY_BUDGET) for r in grid if r["row"] == row and r["task"] == task)
+            if budget < STUDY_BUDGET:  # e.g. the demo: no verdict on the claim either way
+                line += (f"; {budget} steps is too short a budget to test this claim (the committed study "
+                         f"trains {STUDY_BUDGET} steps, T up to 1000: see benchmarks/results/vanishing-multiseed)")
+            lines.append(line + ".")
     if len(lines) == 2:
         lines.append("- none of these rows is finished yet.")
     lines.append("\nThe grid gives every cell the same budget and recipe; the papers' own recipes "
@@ -869,7 +572,8 @@ def write_outputs(out: str, flows: list[dict], runs: list[dict], meta: dict) -> 
         md.append("")
     if flows:
         T = flows[0]["T"]
-        md.append(f"## Gradient flow at initialisation (T={T}, H={meta['H']}, loss on the last output)\n\n"
+        md.append(f"## Gradient flow at initialisation (T={T}, H={meta.get('flow_H', meta['H'])}, loss on the "
+                  "last output)\n\n"
                   "`rate` = per-step factor of `||dL/dcarry_t||` (fit of log norm against T-1-t); "
                   "`ratio` = `||dL/dcarry_0|| / ||dL/dcarry_T-1||`.\n\n"
                   "| cell | init | rate per step | ratio first/last |\n|---|---|---|---|")
@@ -1004,10 +708,19 @@ GRIDS = {
 }
 
 
+class Planned(NamedTuple):
+    """A training row of the study: the row, its task, its recipe and its seeds."""
+
+    spec: Spec
+    task: bench.Task
+    recipe: bench.Recipe
+    seeds: tuple
+
+
 def plan(grid: dict, *, cells: list[str] | None, steps: int | None, hidden: int | None, lr: float,
          seeds: int | None, eval_every: int | None, test_size: int | None,
-         paper_steps: int | None) -> list[tuple[Spec, TrainConfig]]:
-    """The training rows of a grid: ``(spec, config)`` pairs, equal-budget grid then paper rows."""
+         paper_steps: int | None) -> list[Planned]:
+    """The training rows of a grid: the equal-budget grid, then the paper rows."""
     avail = specs()
     names = cells if cells is not None else [s.name for s in avail if s.train and (
         grid["train_specs"] is None or s.name in grid["train_specs"])]
@@ -1020,23 +733,59 @@ def plan(grid: dict, *, cells: list[str] | None, steps: int | None, hidden: int 
         wanted = [("adding", T) for T in grid["adding"]] + [("copy", T) for T in grid["copy"]]
         if "copy_long" in grid and n in grid["copy_long"][1]:
             wanted += [("copy", T) for T in grid["copy_long"][0]]
+        recipe = dataclasses.replace(GRID_RECIPE, steps=steps or grid["steps"], hidden_size=hidden or grid["H"],
+                                     lr=lr, eval_every=eval_every or grid["eval_every"],
+                                     test_size=test_size or grid["test_size"])
         for task, T in wanted:
-            out.append((s, TrainConfig(task=task, T=T, steps=steps or grid["steps"], H=hidden or grid["H"],
-                                       lr=lr, eval_every=eval_every or grid["eval_every"],
-                                       test_size=test_size or grid["test_size"], seeds=tuple(range(n_seeds)))))
+            out.append(Planned(s, bench.tasks.get(task, T), recipe, tuple(range(n_seeds))))
     paper_names = [n for n in names if spec_by_name(n).paper is not None] if cells is not None else (
         [s.name for s in avail if s.paper is not None] if grid["paper"] else [])
     for n in paper_names:
         s = spec_by_name(n)
         rc = s.recipe
-        for task, T in rc.runs:
-            budget = paper_steps or rc.steps
-            out.append((s, TrainConfig(
-                task=task, T=T, steps=budget, H=rc.H, batch=rc.batch, lr=rc.lr, lrs=rc.lrs, clip=rc.clip,
-                optimizer=rc.optimizer, lr_factors=rc.lr_factors, opt_kwargs=rc.opt_kwargs,
-                eval_every=min(eval_every or rc.eval_every, budget), test_size=test_size or grid["test_size"],
-                seeds=tuple(range(max(3, seeds or grid["seeds"]))))))
+        budget = paper_steps or rc.steps
+        recipe = dataclasses.replace(rc, steps=budget, eval_every=min(eval_every or rc.eval_every, budget),
+                                     test_size=test_size or grid["test_size"])
+        for task, T in s.runs:
+            out.append(Planned(s, bench.tasks.get(task, T), recipe, tuple(range(max(3, seeds or grid["seeds"])))))
     return out
+
+
+REFERENCE_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "rnnjax", "bench", "reference",
+                             "vanishing.json")
+
+
+def export_reference(results: str, out: str = REFERENCE_OUT) -> int:
+    """Write the committed study's rows (``results``: its ``results.json``) as ``rnnjax.bench``'s
+    reference rows: every record with its per-seed values and held-out curves (5 significant
+    digits), the gradient-flow spans instead of the whole flows, and the study's machine."""
+    with open(results) as fh:
+        data = json.load(fh)
+    meta = data["meta"]
+
+    def sig(v):
+        return None if v is None else float(f"{v:.5g}")
+
+    rows = []
+    for r in data["runs"]:
+        lg = r.get("trained_log10_flow")
+        finite = [v for v in (lg or []) if v is not None]
+        rec = {k: v for k, v in r.items() if k not in ("train_loss_median", "trained_log10_flow", "resumed",
+                                                         "test_loss")}
+        rec["test_loss"] = [[sig(v) for v in s] for s in r["test_loss"]]
+        rec["flow_span_trained"] = (lg[0] - lg[-1]) if lg and lg[0] is not None and lg[-1] is not None else (
+            (finite[0] - finite[-1]) if len(finite) > 1 else None)
+        rec["flow_span_at_init"] = None
+        rec["machine"] = meta["machine"]
+        rec["goal"] = "min"
+        rows.append(rec)
+    ref_meta = {k: meta[k] for k in ("command", "machine", "versions")}
+    ref_meta["command"] = meta.get("continue_command", meta["command"])
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as fh:
+        json.dump({"meta": ref_meta, "rows": rows}, fh, separators=(",", ":"), allow_nan=False)
+    print(f"wrote {len(rows)} reference rows to {out} ({os.path.getsize(out) / 1e6:.2f} MB)")
+    return 0
 
 
 def _versions() -> str:
@@ -1095,10 +844,17 @@ def main(argv=None) -> int:
     p.add_argument("--finished-only", action="store_true",
                    help="train nothing: write the results of the rows already finished in --workdir "
                         "and list the others as pending (to commit a study that is still running)")
+    p.add_argument("--export-reference", action="store_true",
+                   help="only write --out/results.json's rows as rnnjax.bench's reference rows "
+                        "(rnnjax/bench/reference/vanishing.json)")
     p.add_argument("--replot", action="store_true",
                    help="only rewrite results.md and the plots from --out/results.json")
     args = p.parse_args(argv)
     path = os.path.join(args.out, "results.json")
+    if args.export_reference:
+        if not os.path.exists(path):
+            p.error(f"--export-reference: no {path}")
+        return export_reference(path)
     if args.replot:
         if not os.path.exists(path):
             p.error(f"--replot: no {path}")
@@ -1140,12 +896,12 @@ def main(argv=None) -> int:
             p.error("--finished-only reads the finished rows from --workdir: give it")
         flow_names = []  # nothing is computed
         done = []
-        for spec, cfg in rows:
-            if finished_row(spec, cfg, args.workdir) is not None:
-                done.append((spec, cfg))
+        for pl in rows:
+            if finished_row(*pl, args.workdir) is not None:
+                done.append(pl)
                 continue
-            pending.append((spec, cfg))
-            partial = finished_row(spec, cfg, args.workdir, shorter=True)
+            pending.append(pl)
+            partial = finished_row(*pl, args.workdir, shorter=True)
             if partial is not None:  # finished at a smaller budget: shown, and still pending
                 partial_runs.extend(partial)
         rows = done
@@ -1159,8 +915,8 @@ def main(argv=None) -> int:
         print(f"[{time.perf_counter() - t_start:6.0f}s] flow {f['name']:<18} rate/step {_fmt(f['rate'], '.4f')}",
               flush=True)
     runs = []
-    for spec, cfg in rows:
-        new = train_row(spec, cfg, workdir=args.workdir, trained_flow=grid["trained_flow"],
+    for pl in rows:
+        new = train_row(*pl, workdir=args.workdir, trained_flow=grid["trained_flow"],
                         progress=args.full)
         for r in new:
             print(f"[{time.perf_counter() - t_start:6.0f}s] {r['task']:<6} T={r['T']:<5} {r['name']:<22} "
@@ -1177,14 +933,17 @@ def main(argv=None) -> int:
     meta = {"command": command,
             "machine": f"{m['cpu']} ({m['cpu_isa']}), {m['cpu_count']} cores, {m['platform']}; "
                        f"{len(jax.devices())} {jax.default_backend()} device(s)",
-            "versions": _versions(), "backend": jax.default_backend(), "H": grid["flow_H"],
+            "versions": _versions(), "backend": jax.default_backend(),
+            "H": args.hidden or grid["H"], "flow_H": grid["flow_H"],
             "seconds": time.perf_counter() - t_start,
             "compute_seconds": float(sum(r["seconds"] for r in runs))}
     if args.finished_only:
         done_at = {(r["row"], r["task"], r["T"]): r["steps"] for r in partial_runs}
-        meta["pending"] = [{"row": s.name, "task": c.task, "T": c.T,
-                            **({"steps_done": done_at[(s.name, c.task, c.T)], "steps": c.steps}
-                               if (s.name, c.task, c.T) in done_at else {})} for s, c in pending]
+        meta["pending"] = [{"row": pl.spec.name, "task": pl.task.name, "T": pl.task.T,
+                            **({"steps_done": done_at[(pl.spec.name, pl.task.name, pl.task.T)],
+                                "steps": pl.recipe.steps}
+                               if (pl.spec.name, pl.task.name, pl.task.T) in done_at else {})}
+                           for pl in pending]
         meta["continue_command"] = "python benchmarks/vanishing.py " + " ".join(
             a for a in argv_used if a != "--finished-only")
     text = write_outputs(args.out, flows, runs, meta)

@@ -13,6 +13,9 @@ steps naming the step, and writes ``metrics.jsonl``, TensorBoard events, ``loss.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -34,7 +37,10 @@ EXIT_NONFINITE = 3
 def training_args(p: argparse.ArgumentParser, *, eval_batch: int) -> argparse._ArgumentGroup:
     """The task-and-model flags shared by the synthetic-task scripts (adding, copy)."""
     g = p.add_argument_group("task and model")
-    g.add_argument("--cell", choices=CELLS, default="lstm", help="recurrent cell")
+    g.add_argument("--cell", type=cell_arg, default="lstm", metavar="CELL",
+                   help="recurrent cell: a name of rnnjax.registry (" + ", ".join(CELLS) + "), or "
+                        "your own factory as module:function (or path/to/file.py:function), called "
+                        "as make(hidden_size, T) and returning a rnnjax.Cell or (Cell, project)")
     g.add_argument("--hidden", type=int, default=64, help="hidden size H")
     g.add_argument("--batch", type=int, default=64, help="sequences per training step")
     g.add_argument("--optimizer", choices=("adam", "adamw", "sgd", "momentum", "rmsprop"), default="adam",
@@ -119,23 +125,87 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 CELLS = registry.names()  # every cell of rnnjax.registry: each script accepts each of them
+FACTORY_FORM = "make(hidden_size, T) -> rnnjax.Cell or (Cell, project)"
+_PROJECTS: dict[tuple[str, int | None], Callable[[Any], Any] | None] = {}
+
+
+def load_factory(value: str) -> Callable[..., Any]:
+    """The function named by ``module:function`` (a module on ``sys.path`` or the current
+    directory) or ``path/to/file.py:function``; a ``ValueError`` saying what failed otherwise."""
+    module_name, sep, attr = value.rpartition(":")
+    if not sep or not module_name or not attr.isidentifier():
+        raise ValueError(f"{value!r} is not of the form module:function")
+    try:
+        if module_name.endswith(".py"):
+            spec = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
+            if spec is None or spec.loader is None or not Path(module_name).is_file():
+                raise FileNotFoundError(f"no file {module_name}")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            if os.getcwd() not in sys.path:
+                sys.path.append(os.getcwd())
+            module = importlib.import_module(module_name)
+    except Exception as e:  # the user's module: any error while importing it
+        raise ValueError(f"cannot import {module_name!r} ({type(e).__name__}: {e})") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"module {module_name!r} has no function {attr!r}")
+    return fn
+
+
+def cell_arg(value: str) -> str:
+    """``--cell``'s argparse type: a registered name, or a factory ``module:function`` that imports."""
+    if value in CELLS:
+        return value
+    if ":" not in value:
+        raise argparse.ArgumentTypeError(
+            f"unknown cell {value!r}: give one of rnnjax.registry's cells ({', '.join(CELLS)}) or "
+            f"a factory module:function, {FACTORY_FORM}")
+    try:
+        load_factory(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"the factory {value!r}: {e}") from None
+    return value
+
+
+def build_cell(name: str, hidden: int, *, seq_len: int | None = None
+               ) -> tuple[rnnjax.Cell, Callable[[Any], Any] | None]:
+    """``(cell, project)``: the registered cell ``name`` in its paper's setup with its projection
+    (``rnnjax.registry``), or what the factory ``module:function`` returns for
+    ``(hidden, seq_len)`` (a ``Cell``, or ``(Cell, project)``; ``project`` may be None)."""
+    if name in CELLS:
+        return registry.cell(name, hidden, seq_len), registry.projection(name, seq_len)
+    built = load_factory(name)(hidden, seq_len)
+    cell, project = built if isinstance(built, tuple) and not isinstance(built, rnnjax.Cell) \
+        and len(built) == 2 else (built, None)
+    if not isinstance(cell, rnnjax.Cell) or not (project is None or callable(project)):
+        raise SystemExit(f"--cell {name}: the factory returned {type(built).__name__}; expected "
+                         f"{FACTORY_FORM}")
+    _PROJECTS[(name, seq_len)] = project
+    return cell, project
 
 
 def make_cell(name: str, hidden: int, *, seq_len: int | None = None) -> rnnjax.Cell:
-    """The cell ``name`` (one of :data:`CELLS`) with ``hidden`` units, in its paper's setup:
-    ``rnnjax.registry.cell(name, hidden, seq_len)`` (IndRNN's bound on ``|u|`` is kept by
-    :func:`projection`, passed to ``rnnjax.train_step``)."""
-    return registry.cell(name, hidden, seq_len)
+    """The cell ``name`` (one of `CELLS`, or a factory ``module:function``) with ``hidden`` units:
+    the first element of `build_cell` (the projection is `projection`, passed to
+    ``rnnjax.train_step``)."""
+    return build_cell(name, hidden, seq_len=seq_len)[0]
 
 
 def projection(name: str, seq_len: int | None) -> Callable[[Any], Any] | None:
     """The projection the cell ``name``'s paper applies to the params after every update, or None.
 
     ``rnnjax.registry.projection(name, seq_len)``: for IndRNN (Li et al. 2018),
-    :func:`rnnjax.indrnn_projection` keeping ``|u| <= 2^(1/T)`` for the horizon ``T = seq_len``,
-    which finds every IndRNN layer in the model's params. Pass the result as ``project=`` to
-    :func:`rnnjax.train_step`.
+    ``rnnjax.indrnn_projection`` keeping ``|u| <= 2^(1/T)`` for the horizon ``T = seq_len``,
+    which finds every IndRNN layer in the model's params. For a factory ``module:function``, the
+    ``project`` it returned to `make_cell` (None when it returned a bare ``Cell``). Pass the result
+    as ``project=`` to ``rnnjax.train_step``.
     """
+    if name not in CELLS:
+        if (name, seq_len) not in _PROJECTS:
+            raise ValueError(f"projection({name!r}, {seq_len}): build the cell first (make_cell)")
+        return _PROJECTS[(name, seq_len)]
     if seq_len is None and registry.spec(name).needs_T:
         raise ValueError(f"projection({name!r}, seq_len): seq_len (the horizon T) is required")
     return registry.projection(name, seq_len)

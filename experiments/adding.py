@@ -6,6 +6,10 @@ goes well below it. Example::
 
     python experiments/adding.py --cell lstm --seq-len 100 --steps 2000 --workdir runs/adding
 
+``--cell`` takes every cell of ``rnnjax.registry`` by name, or a factory of your own as
+``module:function`` (or ``path/to/file.py:function``): ``make(hidden_size, T)`` returning a
+``rnnjax.Cell``, or ``(cell, project)`` with the projection applied after every update.
+
 Running the same command again resumes from the newest checkpoint in --workdir.
 """
 
@@ -36,7 +40,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     T = args.seq_len
-    cell = _common.make_cell(args.cell, args.hidden, seq_len=T)
+    cell, project = _common.build_cell(args.cell, args.hidden, seq_len=T)
     readout = rnnjax.dense(1)
     k = _common.keys(args.seed)
     kc, kr = jax.random.split(k["init"])
@@ -68,7 +72,7 @@ def main(argv=None):
     n = _common.num_params(params)
     print(f"[adding] {args.cell} H={args.hidden}, T={T}: {n} parameters; "
           f"baseline MSE {rnnjax.tasks.ADDING_BASELINE_MSE:.4f}", flush=True)
-    step_fn = rnnjax.train_step(loss_fn, tx, project=_common.projection(args.cell, T))
+    step_fn = rnnjax.train_step(loss_fn, tx, project=project)
     return _common.train(args, t0=t0, name="adding", state=state, step_fn=step_fn,
                          batch_fn=batch_fn, eval_fn=eval_fn,
                          info={"baseline_mse": rnnjax.tasks.ADDING_BASELINE_MSE})

@@ -1,8 +1,9 @@
 """rnnjax: a JAX research kit for recurrent neural networks.
 
-Cells are pure functions over parameter pytrees (:class:`Cell`), run over sequences by
-:func:`unroll` (``jax.lax.scan``), trained with Optax chains (:func:`optimizer`, :func:`train_step`,
-:func:`fit`), and diagnosed with :func:`gradient_flow`.
+Cells are pure functions over parameter pytrees ([`Cell`][rnnjax.flax.Cell]), run over sequences by
+[`unroll`][rnnjax.flax.unroll] (``jax.lax.scan``), trained with Optax chains
+([`optimizer`][rnnjax.optim.optimizer], [`train_step`][rnnjax.sweep.train_step], [`fit`][rnnjax.engine.fit]),
+and diagnosed with [`gradient_flow`][rnnjax.diagnostics.gradient_flow].
 """
 
 from rnnjax import checkpoint, engine, initializers, interop, layers, losses, optim, registry, sweep, tasks
@@ -70,8 +71,9 @@ __version__ = "0.1.0"
 
 
 # ``rnnjax.flax`` (flax nnx / linen wrappers) is imported on first access: ``flax.nnx`` adds about
-# 0.3 s to ``import rnnjax`` that users who never touch it need not pay.
-_LAZY_SUBMODULES = ("flax",)
+# 0.3 s to ``import rnnjax`` that users who never touch it need not pay. ``rnnjax.bench`` (the
+# long-memory benchmark and its reference rows) likewise.
+_LAZY_SUBMODULES = ("bench", "flax")
 
 
 def __getattr__(name: str):

@@ -33,7 +33,8 @@ def _combine(earlier, later):
 
 def block_carries(rec: BlockLinearRecurrence, carry: Array, valid: Array | None = None,
                   reset: Array | None = None) -> Array:
-    """The carries after every step of a :class:`BlockLinearRecurrence`, ``[T, ..., N, k]``.
+    """The carries after every step of a [`BlockLinearRecurrence`][rnnjax.types.BlockLinearRecurrence], ``[T,
+    ..., N, k]``.
 
     Args:
       rec: ``a`` broadcastable to ``[T, ..., N, k, k]`` (e.g. ``[N, k, k]`` time-invariant) and

@@ -1,4 +1,4 @@
-"""The work directory of a training run (private): used by the engine (:mod:`rnnjax.engine`).
+"""The work directory of a training run (private): used by the engine ([`rnnjax.engine`][rnnjax.engine]).
 
 A work directory holds everything a run needs to be continued and read::
 
@@ -92,7 +92,7 @@ _ISA_FLAGS = ("amx_tile", "avx512f", "avx512_bf16", "avx512_vnni", "avx2", "fma"
 
 
 def cpu_isa() -> str | None:
-    """The CPU's vector instruction sets among :data:`_ISA_FLAGS` (from /proc/cpuinfo), or None."""
+    """The CPU's vector instruction sets among `_ISA_FLAGS` (from /proc/cpuinfo), or None."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -130,7 +130,7 @@ class Workdir:
       path: the directory (created with its parents if missing).
       config: the run's JSON-able config; compared with the stored one on resume.
       steps: the run's total steps (recorded; a larger value extends a finished run).
-      resume_free: config keys that may differ on resume (default :data:`RESUME_FREE`).
+      resume_free: config keys that may differ on resume (default `RESUME_FREE`).
       write: whether this process writes files (False on all but process 0 of a multi-host run).
 
     Raises:
@@ -295,7 +295,7 @@ class EventLog:
 
 
 def event_logs(path: Path, n: int, *, per_config: bool, purge_step: int | None) -> list[EventLog]:
-    """One :class:`EventLog` per configuration: ``path`` itself for a fit, ``path/tb/config_<i>``
+    """One `EventLog` per configuration: ``path`` itself for a fit, ``path/tb/config_<i>``
     for each configuration of a sweep (``per_config``)."""
     if not per_config:
         return [EventLog(path, purge_step=purge_step)]
@@ -406,7 +406,7 @@ def _finite(v: Any) -> bool:
 
 def plot_history(history: Any, configs: Sequence[dict], path: Path, *, title: str,
                  baseline: float | None = None) -> None:
-    """``loss.png`` of a run: :func:`plot_run` for one configuration; for several, the training
+    """``loss.png`` of a run: `plot_run` for one configuration; for several, the training
     loss of each (the legend names the values that vary)."""
     if len(configs) == 1:
         plot_run(history.records(0), path, title=title, baseline=baseline)

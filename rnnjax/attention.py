@@ -12,13 +12,13 @@ The pooled vector has a path of length one to every ``h_t``, so the gradient of 
 reaches early steps without passing through the whole recurrence (Bahdanau, Cho & Bengio 2015;
 Raffel & Ellis 2016, "feed-forward networks with attention").
 
-Two scores, each a factory returning an :class:`Attention` ``(init, apply)`` like
-:func:`rnnjax.dense`:
+Two scores, each a factory returning an [`Attention`][rnnjax.attention.Attention] ``(init, apply)`` like
+[`rnnjax.dense`][rnnjax.layers.dense]:
 
-* :func:`additive_attention`: ``e_t = v . tanh(h_t W + b)`` (Bahdanau et al. 2015, with a learned
-  query in place of the decoder state, as in Raffel & Ellis 2016).
-* :func:`dot_product_attention`: ``e_t = q . k_t / sqrt(d_k)`` with ``k_t = h_t W_k`` (or
-  ``k_t = h_t``) and a learned query vector ``q`` (Vaswani et al. 2017).
+* [`additive_attention`][rnnjax.attention.additive_attention]: ``e_t = v . tanh(h_t W + b)`` (Bahdanau et al.
+  2015, with a learned query in place of the decoder state, as in Raffel & Ellis 2016).
+* [`dot_product_attention`][rnnjax.attention.dot_product_attention]: ``e_t = q . k_t / sqrt(d_k)`` with ``k_t
+  = h_t W_k`` (or ``k_t = h_t``) and a learned query vector ``q`` (Vaswani et al. 2017).
 
 ``apply(params, ys, *, lengths=None) -> (pooled [..., H], weights [T, ...])``. With ``lengths``
 (an int array of the batch shape ``ys.shape[1:-1]``) the steps ``t >= lengths`` get weight
@@ -169,7 +169,7 @@ def additive_attention(attention_size: int | None = None, *,
       dtype: params dtype.
 
     Returns:
-      An :class:`Attention`; ``apply(params, ys [T, ..., H], *, lengths=None)`` returns
+      An [`Attention`][rnnjax.attention.Attention]; ``apply(params, ys [T, ..., H], *, lengths=None)`` returns
       ``(pooled [..., H], weights [T, ...])``. Steps ``t >= lengths`` get weight exactly 0; a
       sequence of length 0 gives a zero pooled vector and zero weights.
     """
@@ -218,7 +218,7 @@ def dot_product_attention(key_size: int | None = None, *,
       dtype: params dtype.
 
     Returns:
-      An :class:`Attention`; ``apply(params, ys [T, ..., H], *, lengths=None)`` returns
+      An [`Attention`][rnnjax.attention.Attention]; ``apply(params, ys [T, ..., H], *, lengths=None)`` returns
       ``(pooled [..., H], weights [T, ...])``. Steps ``t >= lengths`` get weight exactly 0; a
       sequence of length 0 gives a zero pooled vector and zero weights.
     """

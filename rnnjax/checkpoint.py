@@ -1,4 +1,4 @@
-"""Checkpoints of a whole :class:`rnnjax.TrainState` with orbax: save, restore, resume.
+"""Checkpoints of a whole [`rnnjax.TrainState`][rnnjax.sweep.TrainState] with orbax: save, restore, resume.
 
 ::
 
@@ -18,9 +18,10 @@ Why resumes are exact: saves are synchronous (``enable_async_checkpointing=False
 writes each step into ``<step>.orbax-checkpoint-tmp-*`` and renames it to ``<step>`` only when
 complete (atomic on a local file system), so a process killed at any moment (``SIGKILL`` during a
 save included) leaves either the previous checkpoints or the new one, never a half-written step
-directory named as a step; leftover tmp directories are removed when a :class:`Checkpointer` is
-opened. A step directory that is nevertheless damaged (files deleted or overwritten) fails the
-restore or the SHA-256 check; :meth:`Checkpointer.restore_latest` then warns with its path and
+directory named as a step; leftover tmp directories are removed when a
+[`Checkpointer`][rnnjax.checkpoint.Checkpointer] is opened. A step directory that is nevertheless damaged
+(files deleted or overwritten) fails the restore or the SHA-256 check;
+[`Checkpointer.restore_latest`][rnnjax.checkpoint.Checkpointer.restore_latest] then warns with its path and
 step, moves it aside to ``<directory>/../corrupt_checkpoints/`` and falls back to the one before.
 """
 
@@ -90,7 +91,8 @@ def tree_sha256(tree: Any) -> str:
 
 
 def params_sha256(params: Any) -> str:
-    """SHA-256 of a params pytree (see :func:`tree_sha256`): bitwise-equal params, equal digests."""
+    """SHA-256 of a params pytree (see [`tree_sha256`][rnnjax.checkpoint.tree_sha256]): bitwise-equal params,
+    equal digests."""
     return tree_sha256(params)
 
 
@@ -120,7 +122,7 @@ def state_to_tree(state: Any) -> tuple[dict[str, Any], list[str]]:
 
 
 def state_from_tree(leaves: dict[str, Any], template: Any) -> Any:
-    """Inverse of :func:`state_to_tree` on the structure of ``template``.
+    """Inverse of [`state_to_tree`][rnnjax.checkpoint.state_to_tree] on the structure of ``template``.
 
     Leaves where ``template`` holds a typed key are wrapped back with
     ``jax.random.wrap_key_data`` and the template key's implementation.
@@ -200,8 +202,8 @@ class Checkpointer:
           state: the pytree to save.
           step: the checkpoint's step.
           user_meta: JSON-able values stored in the metadata under ``"user"`` (read back by
-            :meth:`restore_latest_matching`, e.g. to build the template of a pytree whose shapes
-            change from save to save).
+            [`restore_latest_matching`][rnnjax.checkpoint.Checkpointer.restore_latest_matching], e.g. to build
+            the template of a pytree whose shapes change from save to save).
 
         Returns:
           The checkpoint's directory.
@@ -285,16 +287,18 @@ class Checkpointer:
     def restore_latest(self, template: Any) -> Any | None:
         """Restore the newest checkpoint that reads back intact; None if there is none.
 
-        A checkpoint that fails (:class:`CheckpointError`) is reported with ``warnings.warn``
-        naming its path and step, moved to ``<directory>/../corrupt_checkpoints/<step>-<time>``
-        (so that the resumed run can save that step again), and the previous one is tried.
-        A structure mismatch with ``template`` is not skipped: it raises ``ValueError``.
+        A checkpoint that fails ([`CheckpointError`][rnnjax.checkpoint.CheckpointError]) is reported with
+        ``warnings.warn`` naming its path and step, moved to
+        ``<directory>/../corrupt_checkpoints/<step>-<time>`` (so that the resumed run can save that step
+        again), and the previous one is tried. A structure mismatch with ``template`` is not skipped: it
+        raises ``ValueError``.
         """
         return self.restore_latest_matching(lambda meta: template)
 
     def restore_latest_matching(self, make_template: Callable[[dict[str, Any]], Any]) -> Any | None:
-        """:meth:`restore_latest` with the template made from each checkpoint's metadata:
-        ``make_template(meta)`` (``meta["user"]`` holds what :meth:`save` was given)."""
+        """[`restore_latest`][rnnjax.checkpoint.Checkpointer.restore_latest] with the template made from each
+        checkpoint's metadata: ``make_template(meta)`` (``meta["user"]`` holds what
+        [`save`][rnnjax.checkpoint.Checkpointer.save] was given)."""
         for step in reversed(self.steps()):
             try:
                 meta = self.meta(step)

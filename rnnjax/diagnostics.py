@@ -1,15 +1,15 @@
 """Diagnostics of gradient flow through a recurrent cell, computed in log space.
 
-* :func:`gradient_flow` — ``||dL/d carry_t||`` for every step ``t`` in one backward pass
-  (Bengio, Simard & Frasconi 1994; Pascanu, Mikolov & Bengio 2013), as exact ``log10`` values.
-* :func:`jacobian_norms` — spectral norm of the Jacobian product ``d carry_{T-1} / d carry_t``
-  (power iteration with ``jax.jvp``/``jax.vjp``, one step at a time, in log space) and the
-  singular values of the one-step Jacobian ``d carry_{t+1} / d carry_t``.
-* :func:`log10_decay_rate` — the per-step decay of the gradient norm (decades per step), fitted
-  to ``log10`` norms.
-* :func:`spectral_norm` — the power iteration on any function, on its own.
-* :func:`gate_saturation` — the fraction of saturated sigmoid gates of an LSTM, GRU or MGU per
-  step, recomputed from the params and the carries (no reaching into the cell).
+* [`gradient_flow`][rnnjax.diagnostics.gradient_flow] — ``||dL/d carry_t||`` for every step ``t`` in one
+  backward pass (Bengio, Simard & Frasconi 1994; Pascanu, Mikolov & Bengio 2013), as exact ``log10`` values.
+* [`jacobian_norms`][rnnjax.diagnostics.jacobian_norms] — spectral norm of the Jacobian product ``d
+  carry_{T-1} / d carry_t`` (power iteration with ``jax.jvp``/``jax.vjp``, one step at a time, in log space)
+  and the singular values of the one-step Jacobian ``d carry_{t+1} / d carry_t``.
+* [`log10_decay_rate`][rnnjax.diagnostics.log10_decay_rate] — the per-step decay of the gradient norm (decades
+  per step), fitted to ``log10`` norms.
+* [`spectral_norm`][rnnjax.diagnostics.spectral_norm] — the power iteration on any function, on its own.
+* [`gate_saturation`][rnnjax.diagnostics.gate_saturation] — the fraction of saturated sigmoid gates of an
+  LSTM, GRU or MGU per step, recomputed from the params and the carries (no reaching into the cell).
 
 Why log space. Vanishing gradients are the object of study, so the values span far more than
 float32's range: a GRU(64) at initialisation has ``||dL/dh_0|| ≈ 1e-27`` at ``T = 200`` and far
@@ -190,7 +190,7 @@ def _log10_scaled(m: Array, k: Array) -> Array:
 
 
 class GradientFlow(NamedTuple):
-    """Result of :func:`gradient_flow`.
+    """Result of [`gradient_flow`][rnnjax.diagnostics.gradient_flow].
 
     The ``log10`` fields are the measurement: computed in log space (a mantissa vector and an
     exact power-of-two scale, rescaled after every step), they hold any magnitude, e.g.
@@ -295,7 +295,7 @@ def gradient_flow(
     later calls (so ``loss_fn`` and ``readout`` must be pure functions, as under ``jax.jit``).
 
     Args:
-      cell: a :class:`rnnjax.Cell`.
+      cell: a [`rnnjax.Cell`][rnnjax.flax.Cell].
       params: its params.
       xs: time-major inputs ``[T, ..., D]`` (``[T, D]`` or ``[T, B, D]``).
       loss_fn: ``loss_fn(ys) -> scalar``; ``ys`` has shape ``[T, ..., O]``.
@@ -305,8 +305,8 @@ def gradient_flow(
       readout: ``"auto"``, a callable ``carry -> y`` or None (see above).
 
     Returns:
-      A :class:`GradientFlow` ``(norms [T], leaf_norms, loss, grads, log10_norms [T],
-      log10_leaf_norms)``.
+      A [`GradientFlow`][rnnjax.diagnostics.GradientFlow] ``(norms [T], leaf_norms, loss, grads, log10_norms
+      [T], log10_leaf_norms)``.
     """
     T, batch_shape, carry0 = _prepare(cell, params, xs, carry)
     if not callable(loss_fn):
@@ -327,7 +327,8 @@ def gradient_flow(
 
 
 def _gradient_flow_impl(cell, loss_fn, readout, params, xs, carry0, lengths, resets) -> GradientFlow:
-    """The computation of :func:`gradient_flow` on validated arguments (see its docstring)."""
+    """The computation of [`gradient_flow`][rnnjax.diagnostics.gradient_flow] on validated arguments (see its
+    docstring)."""
     T = xs.shape[0]
     batch_shape = tuple(xs.shape[1:-1])
     nb = len(batch_shape)
@@ -504,7 +505,7 @@ def spectral_norm(f: Callable[[Any], Any], x: Any, *, key: Array, iters: int = 5
     never formed), then ``sigma = ||J v||``. ``x`` and ``f(x)`` may be pytrees (flattened). The
     estimate approaches ``sigma_1`` from below at rate ``(sigma_2/sigma_1)^(2 iters)``. This is a
     plain float computation: for a product of many Jacobians (whose norm may leave float32's
-    range) use :func:`jacobian_norms`, which works in log space.
+    range) use [`jacobian_norms`][rnnjax.diagnostics.jacobian_norms], which works in log space.
 
     Args:
       f: a differentiable function of ``x``.
@@ -571,7 +572,8 @@ def _log_product_norm(step: Callable[[Array, Array], Array], points: Array, xs: 
 
 
 class JacobianNorms(NamedTuple):
-    """Result of :func:`jacobian_norms` (``S = len(steps)``, ``n`` = size of one sequence's carry).
+    """Result of [`jacobian_norms`][rnnjax.diagnostics.jacobian_norms] (``S = len(steps)``, ``n`` = size of
+    one sequence's carry).
 
     Attributes:
       steps: ``[S]`` the steps ``t`` (ints, ``-1`` is the initial carry).
@@ -633,7 +635,7 @@ def jacobian_norms(
       iters: power iterations.
 
     Returns:
-      A :class:`JacobianNorms`.
+      A [`JacobianNorms`][rnnjax.diagnostics.JacobianNorms].
     """
     T, batch_shape, carry = _prepare(cell, params, xs, carry)
     if not isinstance(key, jax.Array):
@@ -702,7 +704,7 @@ _BLOCKS = {"lstm": 4, "gru": 3, "mgu": 2}
 
 
 class GateSaturation(NamedTuple):
-    """Result of :func:`gate_saturation`.
+    """Result of [`gate_saturation`][rnnjax.diagnostics.gate_saturation].
 
     Attributes:
       high: ``{gate: [T]}``, the fraction (over the batch and the hidden units) of the gate's
@@ -751,8 +753,9 @@ def gate_saturation(
       upper, lower: saturation thresholds (``0 < lower < upper < 1``).
 
     Returns:
-      A :class:`GateSaturation` of ``{gate: [T]}`` fractions; NaN at a step where any activation
-      of that gate is NaN (a NaN is neither saturated nor unsaturated, so no fraction is reported).
+      A [`GateSaturation`][rnnjax.diagnostics.GateSaturation] of ``{gate: [T]}`` fractions; NaN at a step
+      where any activation of that gate is NaN (a NaN is neither saturated nor unsaturated, so no fraction is
+      reported).
     """
     if not isinstance(kind, str):
         raise TypeError(f"kind must be a str, one of {tuple(GATES)}, got {type(kind).__name__}")

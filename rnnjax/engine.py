@@ -1,17 +1,19 @@
-"""The training engine: one driver loop over a compiled *program*; :func:`fit` is its one-model case.
+"""The training engine: one driver loop over a compiled *program*; [`fit`][rnnjax.engine.fit] is its one-model
+case.
 
 A program is what trains: it holds the state(s), runs ``n`` steps from step ``t`` (a compiled
 chunk), evaluates, and gives its state to save. Two programs exist:
 
-- :class:`ModelProgram` (here): one model; steps in compiled chunks with the data made inside the
-  program, or host-fed steps (a data loader); data parallel over a mesh; used by :func:`fit`;
-- :class:`rnnjax.sweep.StackedProgram`: many configurations stacked on a leading axis, ``vmap``-ed
-  and sharded over devices; used by :func:`rnnjax.sweep.run_sweep`.
+- [`ModelProgram`][rnnjax.engine.ModelProgram] (here): one model; steps in compiled chunks with the data made
+  inside the program, or host-fed steps (a data loader); data parallel over a mesh; used by
+  [`fit`][rnnjax.engine.fit];
+- [`rnnjax.sweep.StackedProgram`][rnnjax.sweep.StackedProgram]: many configurations stacked on a leading axis,
+  ``vmap``-ed and sharded over devices; used by [`rnnjax.sweep.run_sweep`][rnnjax.sweep.run_sweep].
 
-:func:`drive` runs either: chunk boundaries, the per-configuration non-finite guard, evaluation,
-the history, ``metrics.jsonl``, TensorBoard, the progress bar, the callback, checkpoints, resume
+[`drive`][rnnjax.engine.drive] runs either: chunk boundaries, the per-configuration non-finite guard,
+evaluation, the history, ``metrics.jsonl``, TensorBoard, the progress bar, the callback, checkpoints, resume
 and ``results.json``; and it returns the run's results as an object indexed by configuration
-(:class:`RunSummary`), so that no caller reads files back.
+([`RunSummary`][rnnjax.engine.RunSummary]), so that no caller reads files back.
 
 What a work directory holds (``workdir/``): ``config.json``, ``sessions.json``, ``.lock`` (held by
 the process that trains: a second process is refused), ``checkpoints/`` (the state(s), the history
@@ -127,8 +129,8 @@ class History:
         return sorted(recs, key=lambda r: (r["step"], r["kind"] == "eval"))
 
     def as_lists(self, i: int = 0) -> dict[str, list]:
-        """Configuration ``i``'s history as :func:`fit` has always returned it: ``step`` and each
-        training metric (non-scalar ones as arrays), ``eval_step`` and ``eval_<name>``."""
+        """Configuration ``i``'s history as [`fit`][rnnjax.engine.fit] has always returned it: ``step`` and
+        each training metric (non-scalar ones as arrays), ``eval_step`` and ``eval_<name>``."""
         out: dict[str, list] = {}
         if len(self.train_steps):
             out["step"] = [int(s) for s in self.train_steps]
@@ -180,8 +182,8 @@ class Chunk:
 
 
 class Program(Protocol):
-    """What :func:`drive` runs. ``state`` is the current state (device arrays); ``configs`` the
-    configurations (one for a fit)."""
+    """What [`drive`][rnnjax.engine.drive] runs. ``state`` is the current state (device arrays); ``configs``
+    the configurations (one for a fit)."""
 
     configs: list[dict[str, Any]]
     state: Any
@@ -239,8 +241,8 @@ def frozen_metrics(shapes: dict[str, Any]) -> dict[str, Array]:
 def guarded(step: Callable[[Any, Any], tuple[Any, dict]], limit: int | None):
     """A ``lax.scan`` body ``((state, streak), x) -> ((state, streak), metrics)`` over
     ``step(state, x) -> (state, metrics)`` that skips the step (``lax.cond``: the state unchanged,
-    the metrics of :func:`frozen_metrics`) once ``streak``, the count of consecutive non-finite
-    steps, reaches ``limit`` (None: never)."""
+    the metrics of [`frozen_metrics`][rnnjax.engine.frozen_metrics]) once ``streak``, the count of consecutive
+    non-finite steps, reaches ``limit`` (None: never)."""
 
     def body(carry, x):
         s, streak = carry
@@ -400,7 +402,7 @@ def _takes_config(fn: Callable) -> bool:
 
 
 class ModelProgram:
-    """One model (a :class:`TrainState`), trained in compiled chunks or host-fed steps.
+    """One model (a [`TrainState`][rnnjax.engine.TrainState]), trained in compiled chunks or host-fed steps.
 
     Args:
       state: the starting state.
@@ -410,7 +412,7 @@ class ModelProgram:
       eval_fn: ``eval_fn(params)`` or ``eval_fn(params, config)`` -> dict of scalars; with
         ``eval_batches``, ``eval_fn(params, batch)`` averaged over them.
       eval_batches: evaluation batches (a sequence, or a function returning an iterable).
-      placement: a :class:`Placement`.
+      placement: a [`Placement`][rnnjax.engine.Placement].
       config: the run's configuration (passed to a two-argument ``eval_fn``).
     """
 
@@ -601,7 +603,7 @@ class RunSummary:
     """The results of a run, indexed by configuration (a fit is one), as ``results.json`` has them.
 
     Attributes:
-      history: the :class:`History` of every configuration.
+      history: the [`History`][rnnjax.engine.History] of every configuration.
       final: per configuration, the last recorded value of each training metric,
         ``train_loss_last10`` (the mean finite loss of the last 10 records) and each
         ``eval_<name>`` of the last evaluation.
@@ -629,12 +631,12 @@ class RunSummary:
 
 @dataclasses.dataclass(kw_only=True)
 class FitResult(RunSummary):
-    """What :func:`fit` returns: the final ``state`` and the run's :class:`RunSummary` (one
-    configuration). It unpacks as ``state, history = fit(...)``, ``history`` being
-    ``self.history.as_lists()``.
+    """What [`fit`][rnnjax.engine.fit] returns: the final ``state`` and the run's
+    [`RunSummary`][rnnjax.engine.RunSummary] (one configuration). It unpacks as ``state, history = fit(...)``,
+    ``history`` being ``self.history.as_lists()``.
 
     Attributes:
-      state: the final :class:`TrainState`.
+      state: the final [`TrainState`][rnnjax.engine.TrainState].
       config: the run's config.
       steps: the total number of steps.
     """
@@ -681,7 +683,8 @@ def next_boundary(t: int, steps: int, every: Iterable[int | None]) -> int:
 
 @dataclasses.dataclass
 class Settings:
-    """How :func:`drive` runs a program (the arguments shared by :func:`fit` and ``run_sweep``)."""
+    """How [`drive`][rnnjax.engine.drive] runs a program (the arguments shared by [`fit`][rnnjax.engine.fit]
+    and ``run_sweep``)."""
 
     steps: int
     workdir: str | os.PathLike | None = None
@@ -898,7 +901,8 @@ def _host(v: np.ndarray, sweep: bool) -> Any:
 
 def drive(program: Program, settings: Settings) -> RunSummary:
     """Run ``program`` to ``settings.steps``: the one training loop of rnnjax (see the module
-    docstring). Returns a :class:`RunSummary`; raises :class:`NonFiniteError` when a fit diverges.
+    docstring). Returns a [`RunSummary`][rnnjax.engine.RunSummary]; raises
+    [`NonFiniteError`][rnnjax.engine.NonFiniteError] when a fit diverges.
 
     On an exception during training (a data loader that fails, ``KeyboardInterrupt``, out of
     memory), the state of the last completed step is checkpointed (with a work directory) before
@@ -1088,10 +1092,10 @@ def fit(
     """The training engine for one model: train ``state`` until ``state.step == steps``.
 
     Step ``t`` (0-based) runs ``state, metrics = step_fn(state, batch_fn(t))``. The data are a
-    function of the step and :func:`rnnjax.train_step` folds the step into the key, so a run is a
-    deterministic function of its seed; a resumed run repeats the same steps bitwise. ``fit`` is
-    :func:`drive` over a :class:`ModelProgram`; :func:`rnnjax.sweep.run_sweep` is the same loop
-    over many configurations.
+    function of the step and [`rnnjax.train_step`][rnnjax.sweep.train_step] folds the step into the key, so a
+    run is a deterministic function of its seed; a resumed run repeats the same steps bitwise. ``fit`` is
+    [`drive`][rnnjax.engine.drive] over a [`ModelProgram`][rnnjax.engine.ModelProgram];
+    [`rnnjax.sweep.run_sweep`][rnnjax.sweep.run_sweep] is the same loop over many configurations.
 
     **Compiled chunks.** When ``batch_fn(step)`` can be traced with a traced int32 ``step``, steps
     run in jitted chunks: a ``lax.scan`` over up to ``chunk`` steps with the batch made inside the
@@ -1114,8 +1118,9 @@ def fit(
     same arguments after an interruption ends bitwise equal to an uninterrupted run.
 
     **Non-finite guard.** A step whose loss, gradients or updates are NaN/inf changes nothing but
-    the step counter (:func:`rnnjax.train_step`); after ``max_consecutive_nonfinite`` such steps in
-    a row, ``fit`` raises :class:`NonFiniteError` naming the step; the last good checkpoint stays.
+    the step counter ([`rnnjax.train_step`][rnnjax.sweep.train_step]); after ``max_consecutive_nonfinite``
+    such steps in a row, ``fit`` raises [`NonFiniteError`][rnnjax.engine.NonFiniteError] naming the step; the
+    last good checkpoint stays.
 
     **Data parallel.** With ``mesh`` (a ``jax.sharding.Mesh`` whose first axis is the data axis),
     every batch leaf is sharded along its batch axis, params and optimizer state are replicated.
@@ -1125,15 +1130,18 @@ def fit(
     this process's share of the batch, a traceable one the global batch.
 
     Args:
-      state: the starting :class:`TrainState` (the template that checkpoints restore onto).
-      step_fn: a pure step from :func:`rnnjax.train_step` (not jitted; a jitted one works too).
+      state: the starting [`TrainState`][rnnjax.engine.TrainState] (the template that checkpoints restore
+        onto).
+      step_fn: a pure step from [`rnnjax.train_step`][rnnjax.sweep.train_step] (not jitted; a jitted one works
+        too).
       batch_fn: ``batch_fn(step) -> batch`` (traceable for compiled chunks), or an iterable.
       steps: the total number of steps (runs ``steps - state.step`` more).
       workdir: the run's directory (see above); None keeps nothing on disk.
       config: the run's JSON-able config, stored and checked on resume (with ``workdir``).
       ckpt_every: checkpoint every this many steps (default 1000) and at the end.
       eval_fn: ``eval_fn(params)`` or ``eval_fn(params, config)`` -> dict of scalars (jitted);
-        with ``eval_batches``, ``eval_fn(params, batch)`` averaged by :func:`rnnjax.evaluate`.
+        with ``eval_batches``, ``eval_fn(params, batch)`` averaged by
+        [`rnnjax.evaluate`][rnnjax.train.evaluate].
       eval_batches: the evaluation batches (a sequence, or a function returning an iterable).
       eval_every: evaluate every this many steps and at the end; None: only at the end.
       log_every: record training metrics every this many steps (and at the last step, and every
@@ -1154,9 +1162,9 @@ def fit(
       batch_axes: the batch axis of each batch leaf (an int, or a pytree of ints / None).
 
     Returns:
-      A :class:`FitResult` (``state``, ``history``, ``final``, ``params_sha256``, ``wall_time_s``,
-      ``files`` ...; indexed by configuration, one here), which unpacks as ``(state, history)``
-      with ``history`` a dict of lists: ``step`` with ``loss``, ``grad_norm``, ``update_norm``,
+      A [`FitResult`][rnnjax.engine.FitResult] (``state``, ``history``, ``final``, ``params_sha256``,
+      ``wall_time_s``, ``files`` ...; indexed by configuration, one here), which unpacks as ``(state,
+      history)`` with ``history`` a dict of lists: ``step`` with ``loss``, ``grad_norm``, ``update_norm``,
       ``learning_rate``, ``nonfinite``, ``sec_per_step`` and any aux metrics; ``eval_step`` with
       ``eval_<name>``. With ``workdir`` the history covers the whole run.
 

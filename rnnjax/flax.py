@@ -1,4 +1,4 @@
-"""Flax wrappers: any :class:`rnnjax.Cell` as a ``flax.nnx`` or ``flax.linen`` module.
+"""Flax wrappers: any [`rnnjax.Cell`][rnnjax.flax.Cell] as a ``flax.nnx`` or ``flax.linen`` module.
 
 For flax users who want rnnjax cells inside their models::
 
@@ -13,8 +13,8 @@ For flax users who want rnnjax cells inside their models::
     variables = linen.init(jax.random.key(0), xs)   # {"params": {"cell": <the cell's params>}}
     carry, ys = linen.apply(variables, xs)
 
-Both call :func:`rnnjax.unroll` with the cell's own params pytree, so they compute exactly what
-``rnnjax.unroll(cell, params, xs, ...)`` computes; the params keep their documented rnnjax names
+Both call [`rnnjax.unroll`][rnnjax.flax.unroll] with the cell's own params pytree, so they compute exactly
+what ``rnnjax.unroll(cell, params, xs, ...)`` computes; the params keep their documented rnnjax names
 (``w_x``, ``w_h``, ``b`` ...), each leaf an ``nnx.Param`` (nnx) or a leaf of the ``params``
 collection (linen). This module is named ``rnnjax.flax``; inside it, ``import flax`` is the flax
 package (absolute imports).
@@ -45,7 +45,7 @@ def _check_cell(cell: Any) -> Cell:
 
 
 class RNN(nnx.Module):
-    """An nnx module running an rnnjax cell over a sequence with :func:`rnnjax.unroll`.
+    """An nnx module running an rnnjax cell over a sequence with [`rnnjax.unroll`][rnnjax.flax.unroll].
 
     ``carry, ys = rnn(xs, carry=None, lengths=None, *, time_major=True, reverse=False, ...)``
     equals ``rnnjax.unroll(cell, rnn.cell_params(), xs, carry, ...)``.
@@ -81,21 +81,22 @@ class RNN(nnx.Module):
     def __call__(self, xs: Array, carry: Carry | None = None, lengths: Array | None = None, *,
                  time_major: bool = True, reverse: bool = False, unroll_steps: int = 1,
                  remat: bool = False, parallel: bool | None = None) -> tuple[Carry, Array]:
-        """``(final_carry, ys)`` of :func:`rnnjax.unroll` (``unroll_steps`` is its ``unroll``)."""
+        """``(final_carry, ys)`` of [`rnnjax.unroll`][rnnjax.flax.unroll] (``unroll_steps`` is its
+        ``unroll``)."""
         return unroll(self.cell, self.cell_params(), xs, carry, time_major=time_major,
                       reverse=reverse, lengths=lengths, unroll=unroll_steps, remat=remat,
                       parallel=parallel)
 
 
 class LinenRNN(nn.Module):
-    """A linen module running an rnnjax cell with :func:`rnnjax.unroll`.
+    """A linen module running an rnnjax cell with [`rnnjax.unroll`][rnnjax.flax.unroll].
 
     The cell's params pytree is one entry ``"cell"`` of the ``params`` collection, initialised by
     ``cell.init`` with the module's ``params`` RNG and the input size ``xs.shape[-1]``.
 
     Attributes:
       cell: any rnnjax cell.
-      time_major, reverse, unroll_steps, remat, parallel: as in :func:`rnnjax.unroll`.
+      time_major, reverse, unroll_steps, remat, parallel: as in [`rnnjax.unroll`][rnnjax.flax.unroll].
     """
 
     cell: Cell

@@ -4,12 +4,17 @@ Every initialiser follows the ``jax.nn.initializers`` signature ``init(key, shap
 so that cells take them as arguments and users can pass any ``jax.nn.initializers`` function too.
 Shapes are ``[fan_in, fan_out]`` (rnnjax multiplies ``x @ W``).
 
-- :func:`orthogonal` (Saxe et al. 2014), :func:`identity` (Le et al. 2015),
-- :func:`glorot_uniform` / :func:`glorot_normal` (Glorot & Bengio 2010),
-- :func:`lecun_uniform` / :func:`lecun_normal` (LeCun et al. 1998),
-- :func:`uniform` and :func:`pytorch_uniform` (``U(-1/sqrt(H), 1/sqrt(H))``, PyTorch's RNN default),
-- :func:`chrono` bias (Tallec & Ollivier 2018),
-- :func:`spectral_radius` rescales any square initialiser to a given spectral radius.
+- [`orthogonal`][rnnjax.initializers.orthogonal] (Saxe et al. 2014),
+  [`identity`][rnnjax.initializers.identity] (Le et al. 2015),
+- [`glorot_uniform`][rnnjax.initializers.glorot_uniform] /
+  [`glorot_normal`][rnnjax.initializers.glorot_normal] (Glorot & Bengio 2010),
+- [`lecun_uniform`][rnnjax.initializers.lecun_uniform] / [`lecun_normal`][rnnjax.initializers.lecun_normal]
+  (LeCun et al. 1998),
+- [`uniform`][rnnjax.initializers.uniform] and [`pytorch_uniform`][rnnjax.initializers.pytorch_uniform]
+  (``U(-1/sqrt(H), 1/sqrt(H))``, PyTorch's RNN default),
+- [`chrono`][rnnjax.initializers.chrono] bias (Tallec & Ollivier 2018),
+- [`spectral_radius`][rnnjax.initializers.spectral_radius] rescales any square initialiser to a given spectral
+  radius.
 """
 
 from __future__ import annotations

@@ -221,8 +221,9 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], kind: str) -> Params:
 def to_torch_state_dict(params: Params, kind: str) -> dict[str, np.ndarray]:
     """numpy arrays keyed by torch's names, for a one-layer ``LSTM`` / ``GRU`` / ``RNN``.
 
-    The inverse of :func:`from_torch_state_dict` up to the bias split: ``bias_ih_l0`` gets the
-    summed bias and ``bias_hh_l0`` zeros (the GRU's ``bias_hh_l0`` n block gets ``b_hn``).
+    The inverse of [`from_torch_state_dict`][rnnjax.interop.from_torch_state_dict] up to the bias split:
+    ``bias_ih_l0`` gets the summed bias and ``bias_hh_l0`` zeros (the GRU's ``bias_hh_l0`` n block gets
+    ``b_hn``).
 
     Args:
       params: rnnjax params of ``lstm`` (no peepholes), ``gru(reset="after")`` or ``elman``.
@@ -270,8 +271,8 @@ def _check_torch_module(module: Any, torch) -> tuple[str, str]:
 def from_torch(module: Any) -> Params:
     """rnnjax params from a one-layer, unidirectional ``torch.nn.LSTM`` / ``GRU`` / ``RNN``.
 
-    Use the params with the matching cell (or call :func:`cell_from_torch` to get both):
-    ``LSTM -> rnnjax.lstm(H)``, ``GRU -> rnnjax.gru(H, reset="after")``,
+    Use the params with the matching cell (or call [`cell_from_torch`][rnnjax.interop.cell_from_torch] to get
+    both): ``LSTM -> rnnjax.lstm(H)``, ``GRU -> rnnjax.gru(H, reset="after")``,
     ``RNN -> rnnjax.elman(H, activation=jnp.tanh or jax.nn.relu)`` per ``module.nonlinearity``.
     ``batch_first`` and ``dropout`` do not affect the weights (give ``unroll`` ``time_major=False``
     for batch-first data); ``bias=False`` gives zero biases. Params keep the module's dtype (as jax
@@ -288,7 +289,8 @@ def from_torch(module: Any) -> Params:
 
 
 def cell_from_torch(module: Any) -> tuple[Cell, Params]:
-    """``(cell, params)`` reproducing a torch module: :func:`from_torch` plus the right factory.
+    """``(cell, params)`` reproducing a torch module: [`from_torch`][rnnjax.interop.from_torch] plus the right
+    factory.
 
     ``cell`` is ``rnnjax.lstm(H)``, ``rnnjax.gru(H, reset="after")`` or ``rnnjax.elman(H,
     activation=...)`` with ``tanh`` or ``relu`` as in ``module.nonlinearity``.
@@ -410,7 +412,7 @@ def from_flax(params: Any, kind: Any) -> Params:
 
     Returns:
       params for ``rnnjax.lstm(H)``, ``rnnjax.gru(H, reset="after")`` or ``rnnjax.elman(H)``
-      (see :func:`cell_from_flax`). Differentiable in the flax params.
+      (see [`cell_from_flax`][rnnjax.interop.cell_from_flax]). Differentiable in the flax params.
     """
     kind, _ = _flax_kind(kind)
     params = _unwrap(params)
@@ -447,7 +449,8 @@ def from_flax(params: Any, kind: Any) -> Params:
 
 
 def cell_from_flax(params: Any, kind: Any) -> tuple[Cell, Params]:
-    """``(cell, params)`` reproducing a flax cell: :func:`from_flax` plus the right factory.
+    """``(cell, params)`` reproducing a flax cell: [`from_flax`][rnnjax.interop.from_flax] plus the right
+    factory.
 
     ``cell`` is ``rnnjax.lstm(H)``, ``rnnjax.gru(H, reset="after")`` or ``rnnjax.elman(H, ...)``
     (with ``relu`` when ``kind`` is a ``SimpleCell`` instance with ``activation_fn=nn.relu``).
@@ -460,7 +463,7 @@ def cell_from_flax(params: Any, kind: Any) -> tuple[Cell, Params]:
 def to_flax(params: Params, kind: Any) -> dict[str, dict[str, jax.Array]]:
     """flax.linen params (for ``variables = {"params": ...}``) from rnnjax params.
 
-    The exact inverse of :func:`from_flax`.
+    The exact inverse of [`from_flax`][rnnjax.interop.from_flax].
 
     Args:
       params: params of ``rnnjax.lstm`` (no peepholes), ``rnnjax.gru(reset="after")`` or

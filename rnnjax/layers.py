@@ -1,7 +1,7 @@
 """Layers built from cells: deep stacks, bidirectional RNNs, dense readouts and dropout.
 
-Everything here returns a :class:`rnnjax.Cell`, a :class:`Layer` (a NamedTuple of pure
-``init``/``apply``) or is a pure function with an explicit ``key``.
+Everything here returns a [`rnnjax.Cell`][rnnjax.flax.Cell], a [`Layer`][rnnjax.layers.Layer] (a NamedTuple of
+pure ``init``/``apply``) or is a pure function with an explicit ``key``.
 """
 
 from __future__ import annotations
@@ -275,8 +275,8 @@ def recurrent_dropout(cell: Cell, rate: float | Array, *, key: PRNGKey) -> Cell:
 def map_output(cell: Cell, fn: Callable[[Array], Array]) -> Cell:
     """The same cell with ``fn`` applied to its output: ``y_t = fn(y_t)`` (carry unchanged).
 
-    Puts a nonlinearity between the layers of a :func:`stack` of cells whose output is linear in
-    their input and carry (LRU), e.g. ``stack(map_output(lru(64, 64), jax.nn.gelu), lru(64, 64))``.
+    Puts a nonlinearity between the layers of a [`stack`][rnnjax.layers.stack] of cells whose output is linear
+    in their input and carry (LRU), e.g. ``stack(map_output(lru(64, 64), jax.nn.gelu), lru(64, 64))``.
     """
     if not isinstance(cell, Cell):
         raise TypeError(f"cell must be an rnnjax.Cell, got {type(cell).__name__}")
@@ -310,10 +310,10 @@ def learned_initial_carry(cell: Cell) -> Cell:
     Carry: the cell's. The cell's fast paths (``prepare``, ``sequence``, ``linear``) are kept.
 
     Args:
-      cell: any :class:`rnnjax.Cell`.
+      cell: any [`rnnjax.Cell`][rnnjax.flax.Cell].
 
     Returns:
-      a :class:`rnnjax.Cell` whose ``initial_carry(params, batch_shape)`` is ``carry0``
+      a [`rnnjax.Cell`][rnnjax.flax.Cell] whose ``initial_carry(params, batch_shape)`` is ``carry0``
       broadcast to ``batch_shape`` (complex leaves rebuilt from their stored parts).
     """
     if not isinstance(cell, Cell):

@@ -194,7 +194,8 @@ def categorical_cross_entropy(logits: Array, labels: Array, *, mask: Array | Non
     """Softmax cross-entropy from logits and integer class labels.
 
     ``-log softmax(logits)[label] = logsumexp(logits) - logits[label]``, averaged over positions.
-    For one-hot or probability targets use :func:`categorical_cross_entropy_probs`.
+    For one-hot or probability targets use
+    [`categorical_cross_entropy_probs`][rnnjax.losses.categorical_cross_entropy_probs].
 
     Args:
       logits: float array ``[..., C]``.
@@ -375,8 +376,8 @@ def l2_penalty(params: Params, *, include: Callable[[str, Array], bool] = is_wei
     Args:
       params: a pytree of arrays (e.g. a cell's params dict, or nested dicts of them).
       include: ``include(name, leaf) -> bool``, where ``name`` is the leaf's key path joined by
-        ``/`` (``"readout/w"``); by default :func:`is_weight` (weights, never biases). Non-float
-        leaves are skipped.
+        ``/`` (``"readout/w"``); by default [`is_weight`][rnnjax.losses.is_weight] (weights, never biases).
+        Non-float leaves are skipped.
 
     Returns:
       A float32 scalar (0 when nothing is selected).
@@ -391,7 +392,8 @@ def l1_penalty(params: Params, *, include: Callable[[str, Array], bool] = is_wei
 
     Args:
       params: a pytree of arrays.
-      include: ``include(name, leaf) -> bool`` as in :func:`l2_penalty`; default :func:`is_weight`.
+      include: ``include(name, leaf) -> bool`` as in [`l2_penalty`][rnnjax.losses.l2_penalty]; default
+        [`is_weight`][rnnjax.losses.is_weight].
 
     Returns:
       A float32 scalar (0 when nothing is selected).

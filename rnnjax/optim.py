@@ -3,8 +3,9 @@ adamw / rmsprop, with a learning-rate schedule; every numeric hyperparameter an 
 
 ``optimizer(...)`` is ``optax.inject_hyperparams`` over ``chain(clip_by_global_norm, direction,
 scale(-lr_t))``, so ``opt_state.hyperparams`` holds each value and a sweep can ``vmap`` over them.
-:func:`hyperparameter_errors` checks concrete values of those leaves against the same ranges
-:func:`optimizer` enforces on Python numbers (the engine runs it before training).
+[`hyperparameter_errors`][rnnjax.optim.hyperparameter_errors] checks concrete values of those leaves against
+the same ranges [`optimizer`][rnnjax.optim.optimizer] enforces on Python numbers (the engine runs it before
+training).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ _SCHEDULES = {
 
 
 class ScheduleState(NamedTuple):
-    """State of the final learning-rate scaling in :func:`optimizer`'s chain.
+    """State of the final learning-rate scaling in [`optimizer`][rnnjax.optim.optimizer]'s chain.
 
     Attributes:
       count: updates applied so far (int32).
@@ -62,7 +63,8 @@ class ScheduleState(NamedTuple):
 
 
 def _schedule_shape(schedule: str, hp: dict[str, Array]) -> Callable[[Array], Array]:
-    """``count -> factor in [0, 1]``: linear warmup from 0, then the decay (see :func:`optimizer`)."""
+    """``count -> factor in [0, 1]``: linear warmup from 0, then the decay (see
+    [`optimizer`][rnnjax.optim.optimizer])."""
 
     def shape(count):
         t = jnp.asarray(count, jnp.float32)
@@ -86,7 +88,8 @@ def _schedule_shape(schedule: str, hp: dict[str, Array]) -> Callable[[Array], Ar
 
 def _scale_by_learning_rate(learning_rate: Array,
                             shape: Callable[[Array], Array]) -> optax.GradientTransformation:
-    """``updates * -(learning_rate * shape(count))``, recording that rate in a :class:`ScheduleState`."""
+    """``updates * -(learning_rate * shape(count))``, recording that rate in a
+    [`ScheduleState`][rnnjax.optim.ScheduleState]."""
 
     def rate(count):
         return jnp.asarray(learning_rate * shape(count))
@@ -145,8 +148,9 @@ class Range(NamedTuple):
         return f"{left}{lo}, {hi}{right}"
 
 
-# The allowed values of every hyperparameter of :func:`optimizer`: checked for Python numbers when
-# the optimizer is made, and for concrete arrays (a sweep's values) by :func:`hyperparameter_errors`.
+# The allowed values of every hyperparameter of [`optimizer`][rnnjax.optim.optimizer]: checked for Python
+# numbers when the optimizer is made, and for concrete arrays (a sweep's values) by
+# [`hyperparameter_errors`][rnnjax.optim.hyperparameter_errors].
 HYPERPARAMETER_RANGES: dict[str, Range] = {
     "learning_rate": Range(0.0, None),
     "clip_norm": Range(0.0, None, lo_open=True),  # inf: no clipping
@@ -165,7 +169,8 @@ HYPERPARAMETER_RANGES: dict[str, Range] = {
 
 def _number(name: str, value: Any) -> Any:
     """A Python/NumPy number in its range (checked), or any jax array (e.g. a traced sweep value:
-    concrete ones are checked by the engine before training, with :func:`hyperparameter_errors`)."""
+    concrete ones are checked by the engine before training, with
+    [`hyperparameter_errors`][rnnjax.optim.hyperparameter_errors])."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number, np.ndarray, jax.Array)):
         raise TypeError(f"{name} must be a number or an array, got {type(value).__name__} {value!r}")
     if isinstance(value, (int, float, np.number)):
@@ -176,11 +181,11 @@ def _number(name: str, value: Any) -> Any:
 
 
 def hyperparameter_errors(hyperparams: Mapping[str, Any], *, axis_names: str = "") -> list[str]:
-    """The concrete hyperparameter values outside :data:`HYPERPARAMETER_RANGES`, as messages.
+    """The concrete hyperparameter values outside `HYPERPARAMETER_RANGES`, as messages.
 
     Args:
-      hyperparams: ``opt_state.hyperparams`` of an :func:`optimizer` state (traced values, and
-        names not in the table, are skipped: they cannot be checked).
+      hyperparams: ``opt_state.hyperparams`` of an [`optimizer`][rnnjax.optim.optimizer] state (traced values,
+        and names not in the table, are skipped: they cannot be checked).
       axis_names: how to name an index of stacked values (e.g. ``"configuration"``: a sweep's
         leading axis); empty for scalars.
 
@@ -270,7 +275,8 @@ def optimizer(
 
     Returns:
       An ``optax.GradientTransformation``. Call ``update(grads, state, params)`` (params are needed
-      for weight decay). :func:`current_learning_rate` reads ``lr_t`` back from the state.
+      for weight decay). [`current_learning_rate`][rnnjax.optim.current_learning_rate] reads ``lr_t`` back
+      from the state.
     """
     if name not in _OPTIMIZERS:
         raise ValueError(f"unknown optimizer name {name!r}; valid names: {', '.join(_OPTIMIZERS)}")
@@ -325,8 +331,8 @@ def optimizer(
 def current_learning_rate(opt_state: Any) -> Array:
     """The learning rate of the last update, read from an optimizer state.
 
-    For :func:`optimizer` states this is ``learning_rate * shape(t)`` of the last update (before
-    any update, of the first). For other ``optax.inject_hyperparams`` states it is
+    For [`optimizer`][rnnjax.optim.optimizer] states this is ``learning_rate * shape(t)`` of the last update
+    (before any update, of the first). For other ``optax.inject_hyperparams`` states it is
     ``hyperparams["learning_rate"]``; otherwise NaN.
 
     Args:

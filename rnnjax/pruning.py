@@ -1,13 +1,13 @@
 """Magnitude pruning as an Optax transformation: one-shot or gradual, masks in the optimizer state.
 
-Put :func:`prune` *last* in an Optax chain, after the optimizer::
+Put [`prune`][rnnjax.pruning.prune] *last* in an Optax chain, after the optimizer::
 
     tx = optax.chain(rnnjax.optimizer("adam", 1e-3), rnnjax.prune(0.9, end_step=2000, frequency=100))
     state = rnnjax.TrainState.create(params, tx, key=key)   # fit, run_sweep, checkpoints as usual
     rnnjax.pruning.current_sparsity(state.opt_state)        # 0 ... 0.9 along the schedule
 
-(:func:`pruned` builds the same chain). At a pruning step the weights the update would produce,
-``w = p + u``, are ranked by magnitude and the smallest ``round(s_t n)`` of each selected leaf
+([`pruned`][rnnjax.pruning.pruned] builds the same chain). At a pruning step the weights the update would
+produce, ``w = p + u``, are ranked by magnitude and the smallest ``round(s_t n)`` of each selected leaf
 (``scope="leaf"``) or of all of them together (``scope="global"``) are masked; at every step the
 transformation returns ``u`` where the mask keeps a weight and ``-p`` where it prunes one, so that
 ``p + (-p)`` sets the weight to exactly 0 (exact in floating point) and keeps it there for the
@@ -60,7 +60,7 @@ _SCOPES = ("leaf", "global")
 
 
 class PruneState(NamedTuple):
-    """State of :func:`prune` (a pytree of arrays).
+    """State of [`prune`][rnnjax.pruning.prune] (a pytree of arrays).
 
     Attributes:
       count: updates applied so far (int32); the ``t`` of the schedule for the next update.
@@ -217,13 +217,13 @@ def prune(sparsity: float | Array, *, include: Callable[[str, Array], bool] | An
     (per leaf, or over all selected leaves with ``scope="global"``); weights pruned before rank
     first, so masks only grow. Every update returns ``where(mask, u, -p)``: pruned weights become
     exactly 0 and stay 0. Must come *after* the optimizer (``optax.chain(tx, prune(...))`` or
-    :func:`pruned`), so that nothing rescales its output.
+    [`pruned`][rnnjax.pruning.pruned]), so that nothing rescales its output.
 
     Args:
       sparsity: ``s_f``, the final fraction of pruned weights, in ``[0, 1]`` (an array leaf).
       include: which leaves to prune: a predicate ``include(name, leaf) -> bool`` on the leaf's key
-        path joined by ``/`` (``"cell/w_h"``; default :func:`rnnjax.losses.is_weight`: every
-        weight, no bias; ``lambda name, _: name.endswith("w_h")`` for the recurrent weights only),
+        path joined by ``/`` (``"cell/w_h"``; default [`rnnjax.losses.is_weight`][rnnjax.losses.is_weight]:
+        every weight, no bias; ``lambda name, _: name.endswith("w_h")`` for the recurrent weights only),
         or a pytree of Python bools with the params' structure. Non-float leaves are never pruned.
       scope: ``"leaf"`` (each selected leaf reaches ``s_t``) or ``"global"`` (one magnitude
         threshold over all selected leaves together; their union reaches ``s_t``).
@@ -239,8 +239,8 @@ def prune(sparsity: float | Array, *, include: Callable[[str, Array], bool] | An
     checked and are used as given.
 
     Returns:
-      An ``optax.GradientTransformation`` with a :class:`PruneState`; ``update(updates, state,
-      params)`` needs ``params``.
+      An ``optax.GradientTransformation`` with a [`PruneState`][rnnjax.pruning.PruneState]; ``update(updates,
+      state, params)`` needs ``params``.
     """
     if scope not in _SCOPES:
         raise ValueError(f"scope must be one of {_SCOPES}, got {scope!r}")
@@ -307,8 +307,8 @@ def pruned(tx: optax.GradientTransformation, sparsity: float | Array,
     """``optax.chain(tx, prune(sparsity, **kwargs))``: the optimizer ``tx`` with magnitude pruning.
 
     Args:
-      tx: the optimizer (e.g. :func:`rnnjax.optimizer`).
-      sparsity, **kwargs: as in :func:`prune`.
+      tx: the optimizer (e.g. [`rnnjax.optimizer`][rnnjax.optim.optimizer]).
+      sparsity, **kwargs: as in [`prune`][rnnjax.pruning.prune].
     """
     if not isinstance(tx, optax.GradientTransformation):
         raise TypeError(f"tx must be an optax.GradientTransformation (e.g. rnnjax.optimizer(...)), "
@@ -320,7 +320,8 @@ def pruned(tx: optax.GradientTransformation, sparsity: float | Array,
 
 
 def find_prune_state(opt_state: Any) -> PruneState:
-    """The :class:`PruneState` inside an optimizer state (e.g. of ``optax.chain(tx, prune(...))``)."""
+    """The [`PruneState`][rnnjax.pruning.PruneState] inside an optimizer state (e.g. of ``optax.chain(tx,
+    prune(...))``)."""
     is_ps = lambda x: isinstance(x, PruneState)
     for node in jax.tree_util.tree_leaves(opt_state, is_leaf=is_ps):
         if is_ps(node):
@@ -330,7 +331,8 @@ def find_prune_state(opt_state: Any) -> PruneState:
 
 
 def masks(opt_state: Any) -> Any:
-    """The masks (``True`` = kept) of the pruning state in ``opt_state``; see :class:`PruneState`."""
+    """The masks (``True`` = kept) of the pruning state in ``opt_state``; see
+    [`PruneState`][rnnjax.pruning.PruneState]."""
     return find_prune_state(opt_state).masks
 
 

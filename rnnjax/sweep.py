@@ -1,7 +1,7 @@
 """Hyperparameter sweeps: many configurations trained at once, in one compiled program per shape.
 
 Describe the configurations (a grid or any list of dicts), say how to build a
-:class:`~rnnjax.TrainState` from one, how to take a step and how to make a batch; ``run_sweep``
+[`TrainState`][rnnjax.sweep.TrainState] from one, how to take a step and how to make a batch; ``run_sweep``
 stacks the configurations and trains all of them together::
 
     configs = rnnjax.sweep.grid(learning_rate=np.logspace(-4, 0, 16), clip_norm=[1.0, np.inf],
@@ -32,14 +32,16 @@ clip norm, weight decay, init scale, forget bias, dropout rate, seed) becomes an
 leading sweep axis; ``init_fn``, ``step_fn`` and ``batch_fn`` see one configuration's value as a
 0-d array, and are ``vmap``-ed (and ``lax.map``-ed) over the sweep axis:
 
-- optimizer hyperparameters are array leaves of ``opt_state.hyperparams`` (:func:`rnnjax.optimizer`
-  uses ``optax.inject_hyperparams``): ``init_fn`` builds the optimizer from the configuration, so
-  every configuration's state holds its own values, and the step reads them from the state;
+- optimizer hyperparameters are array leaves of ``opt_state.hyperparams``
+  ([`rnnjax.optimizer`][rnnjax.optim.optimizer] uses ``optax.inject_hyperparams``): ``init_fn`` builds the
+  optimizer from the configuration, so every configuration's state holds its own values, and the step reads
+  them from the state;
 - init scale, forget bias: ``init_fn`` scales / shifts the params it creates;
 - the seed: ``jax.random.key(config["seed"])`` in ``init_fn`` (params and the state's key, hence
-  dropout keys) and in ``batch_fn`` (data order, e.g. :func:`rnnjax.tasks.batch_indices`);
-- anything the loss needs (a dropout rate): :func:`sweep_step` passes the configuration to
-  ``loss_fn(params, batch, key, config)``.
+  dropout keys) and in ``batch_fn`` (data order, e.g.
+  [`rnnjax.tasks.batch_indices`][rnnjax.tasks.batch_indices]);
+- anything the loss needs (a dropout rate): [`sweep_step`][rnnjax.sweep.sweep_step] passes the configuration
+  to ``loss_fn(params, batch, key, config)``.
 
 A ``batch_fn`` that ignores the configuration makes one batch per step shared by all
 configurations (``vmap`` sees it unbatched), so the data are generated once.
@@ -63,8 +65,8 @@ core *before it first runs anything* so the shards run in parallel::
 Several hosts: call ``jax.distributed.initialize()`` (coordinator address, process count and id,
 or the cluster's environment) on every host before anything else, then run the same script with
 the same configurations on every host. ``jax.devices()`` lists the devices of all hosts, the mesh
-spans them, and every host gets the full :class:`SweepResult` (the metrics are gathered with
-``multihost_utils.process_allgather``; ``result.states`` stay sharded global arrays).
+spans them, and every host gets the full [`SweepResult`][rnnjax.sweep.SweepResult] (the metrics are gathered
+with ``multihost_utils.process_allgather``; ``result.states`` stay sharded global arrays).
 
 Speed (what made the difference). Each group is one ``jax.jit`` call that runs all steps
 (``chunk`` of them per call) as a ``lax.scan`` over steps, with the data made inside the program from
@@ -90,9 +92,10 @@ next to its time.
 A hang that is not the sweep's: with jax 0.10.2 on CPU, a batched (vmapped) LAPACK QR splits its
 batch over XLA's intra-op thread pool and blocks a pool thread until the pieces are done; two such
 QRs at once on a 2-thread pool (a vmapped ``init`` with several orthogonal initialisers, on 2
-cores) wait for each other forever with the CPU idle. :func:`rnnjax.initializers.orthogonal`
-therefore computes its QR one matrix at a time under ``vmap``; a user ``init_fn`` that calls
-``jnp.linalg.qr`` (or another batched decomposition) itself can still hang on such a machine.
+cores) wait for each other forever with the CPU idle.
+[`rnnjax.initializers.orthogonal`][rnnjax.initializers.orthogonal] therefore computes its QR one matrix at a
+time under ``vmap``; a user ``init_fn`` that calls ``jnp.linalg.qr`` (or another batched decomposition) itself
+can still hang on such a machine.
 """
 
 from __future__ import annotations
@@ -225,21 +228,24 @@ def sweep_step(
     has_aux: bool = False,
     project: Callable[[Any], Any] | None = None,
 ) -> Callable[[TrainState, Any, Mapping[str, Any]], tuple[TrainState, dict[str, jax.Array]]]:
-    """A configuration-aware step ``step(state, batch, config)`` from :func:`rnnjax.train_step`.
+    """A configuration-aware step ``step(state, batch, config)`` from
+    [`rnnjax.train_step`][rnnjax.sweep.train_step].
 
     The step is ``rnnjax.train_step(lambda p, b, k: loss_fn(p, b, k, config), tx_fn(config),
     project=project)``:
     the loss sees the configuration (e.g. a dropout rate), and the optimizer is rebuilt from it for
     its structure (its numeric hyperparameters are read from ``state.opt_state``, where the
-    ``init_fn`` of :func:`run_sweep` stored this configuration's values).
+    ``init_fn`` of [`run_sweep`][rnnjax.sweep.run_sweep] stored this configuration's values).
 
     Args:
       loss_fn: ``loss_fn(params, batch, key, config) -> loss`` (or ``(loss, aux)`` with ``has_aux``).
-      tx_fn: ``tx_fn(config) -> optax.GradientTransformation`` (e.g. :func:`rnnjax.optimizer`);
-        the same function the ``init_fn`` uses to create the state.
-      has_aux: as in :func:`rnnjax.train_step`.
-      project: as in :func:`rnnjax.train_step`: ``project(params) -> params`` after every update
-        (e.g. :func:`rnnjax.indrnn_projection`), the same for every configuration.
+      tx_fn: ``tx_fn(config) -> optax.GradientTransformation`` (e.g.
+        [`rnnjax.optimizer`][rnnjax.optim.optimizer]); the same function the ``init_fn`` uses to create the
+        state.
+      has_aux: as in [`rnnjax.train_step`][rnnjax.sweep.train_step].
+      project: as in [`rnnjax.train_step`][rnnjax.sweep.train_step]: ``project(params) -> params`` after every
+        update (e.g. [`rnnjax.indrnn_projection`][rnnjax.indrnn_projection]), the same for every
+        configuration.
 
     Returns:
       ``step(state, batch, config) -> (state, metrics)``.
@@ -299,7 +305,8 @@ class SweepGroup:
 
     Attributes:
       static: the static values (``{}`` when every key is numeric).
-      indices: positions of the group's configurations in the list given to :func:`run_sweep`.
+      indices: positions of the group's configurations in the list given to
+        [`run_sweep`][rnnjax.sweep.run_sweep].
       state: their final TrainStates stacked on a leading sweep axis (``len(indices)`` long;
         padding removed). With several devices the leaves are sharded over them.
     """
@@ -311,13 +318,14 @@ class SweepGroup:
 
 @dataclasses.dataclass(kw_only=True)
 class SweepResult(engine.RunSummary):
-    """What :func:`run_sweep` returns: a :class:`rnnjax.engine.RunSummary` (``history``,
-    ``final``, ``diverged``, ``params_sha256``, ``wall_time_s``, ``files`` ..., indexed by
-    configuration, as for :func:`rnnjax.fit`) and the sweep's own views.
+    """What [`run_sweep`][rnnjax.sweep.run_sweep] returns: a
+    [`rnnjax.engine.RunSummary`][rnnjax.engine.RunSummary] (``history``, ``final``, ``diverged``,
+    ``params_sha256``, ``wall_time_s``, ``files`` ..., indexed by configuration, as for
+    [`rnnjax.fit`][rnnjax.engine.fit]) and the sweep's own views.
 
     Attributes:
       configs: the configurations, in the order given.
-      groups: the :class:`SweepGroup`\\ s (one per distinct static values).
+      groups: the [`SweepGroup`][rnnjax.sweep.SweepGroup]\\ s (one per distinct static values).
       steps: the number of training steps.
     """
 
@@ -327,13 +335,15 @@ class SweepResult(engine.RunSummary):
 
     @property
     def metrics(self) -> dict[str, np.ndarray]:
-        """name -> ``[n_configs, K]``: the recorded steps (:attr:`metric_steps`; every step with
-        ``log_every=1``) of each configuration (extra trailing axes for non-scalar metrics)."""
+        """name -> ``[n_configs, K]``: the recorded steps
+        ([`metric_steps`][rnnjax.sweep.SweepResult.metric_steps]; every step with ``log_every=1``) of each
+        configuration (extra trailing axes for non-scalar metrics)."""
         return self.history.train
 
     @property
     def metric_steps(self) -> np.ndarray:
-        """``[K]``: the step counts (1-based) of the columns of :attr:`metrics`."""
+        """``[K]``: the step counts (1-based) of the columns of
+        [`metrics`][rnnjax.sweep.SweepResult.metrics]."""
         return self.history.train_steps
 
     @property
@@ -353,8 +363,8 @@ class SweepResult(engine.RunSummary):
     def states(self) -> TrainState:
         """All final states stacked on a leading sweep axis, in the order of ``configs``.
 
-        Only when all configurations share one group (same shapes); else use :meth:`state` or
-        ``groups``.
+        Only when all configurations share one group (same shapes); else use
+        [`state`][rnnjax.sweep.SweepResult.state] or ``groups``.
         """
         if len(self.groups) != 1:
             raise ValueError(f"the sweep has {len(self.groups)} groups of different static values "
@@ -380,8 +390,8 @@ class SweepResult(engine.RunSummary):
         return np.asarray(self.metrics[metric][:, k - last:], np.float64).mean(axis=1)
 
     def best(self, metric: str = "loss", *, mode: str = "min", last: int = 1) -> int:
-        """Index of the best configuration by :meth:`final_values` (NaN/inf and diverged
-        configurations count as the worst)."""
+        """Index of the best configuration by [`final_values`][rnnjax.sweep.SweepResult.final_values] (NaN/inf
+        and diverged configurations count as the worst)."""
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         v = self.final_values(metric, last)
@@ -404,7 +414,8 @@ class SweepResult(engine.RunSummary):
         return rows
 
     def markdown(self, metric: str = "loss", *, last: int = 1) -> str:
-        """:meth:`table` as a markdown table; the best row is marked with ``*``."""
+        """[`table`][rnnjax.sweep.SweepResult.table] as a markdown table; the best row is marked with
+        ``*``."""
         rows = self.table(metric, last=last)
         best = self.best(metric, last=last)
         cols = ["#"] + list(rows[0])
@@ -487,7 +498,7 @@ _PROGRAMS: dict[tuple, tuple] = {}
 
 def _cached_program(static: dict, init_fn, step_fn, batch_fn, eval_fn, mesh: Mesh | None,
                     vmap_size: int | None):
-    """:func:`_program`, memoised so that a repeated sweep reuses its compiled programs."""
+    """`_program`, memoised so that a repeated sweep reuses its compiled programs."""
     key = (tuple((k, _freeze(v)) for k, v in static.items()), init_fn, step_fn, batch_fn, eval_fn,
            None if mesh is None else (tuple(d.id for d in mesh.devices.flat)), vmap_size)
     try:
@@ -566,10 +577,10 @@ class _Group:
 
 
 class StackedProgram:
-    """Many configurations trained together: an :class:`rnnjax.engine.Program` for
-    :func:`rnnjax.engine.drive`. Each group of configurations with the same static values is one
-    compiled program over their stacked states (``vmap``-ed, sharded over ``devices``); ``state``
-    is the tuple of the groups' stacked states. See :func:`run_sweep`."""
+    """Many configurations trained together: an [`rnnjax.engine.Program`][rnnjax.engine.Program] for
+    [`rnnjax.engine.drive`][rnnjax.engine.drive]. Each group of configurations with the same static values is
+    one compiled program over their stacked states (``vmap``-ed, sharded over ``devices``); ``state``
+    is the tuple of the groups' stacked states. See [`run_sweep`][rnnjax.sweep.run_sweep]."""
 
     def __init__(self, configs: list[dict[str, Any]], init_fn: Callable, step_fn: Callable,
                  batch_fn: Callable, eval_fn: Callable | None, *, static: Sequence[str],
@@ -654,8 +665,8 @@ class StackedProgram:
         so a configuration computes bit for bit what it computes without the guard, whatever the
         others do; a configuration whose ``streak`` of non-finite steps reaches ``limit`` is then
         put back to its last good state (its params and optimizer state did not change during the
-        non-finite steps, :func:`rnnjax.train_step`), and stays there: its later steps are
-        computed and discarded, their metrics NaN (``nonfinite`` 1)."""
+        non-finite steps, [`rnnjax.train_step`][rnnjax.sweep.train_step]), and stays there: its later steps
+        are computed and discarded, their metrics NaN (``nonfinite`` 1)."""
         out: dict[str, np.ndarray] = {}
         states = []
         for g, before in zip(self.groups, self.state):
@@ -821,19 +832,19 @@ def run_sweep(
     override_hyperparams: bool = False,
     progress: bool = True,
 ) -> SweepResult:
-    """Train every configuration for ``steps`` steps, all at once: the engine of :func:`rnnjax.fit`
-    over a :class:`StackedProgram`.
+    """Train every configuration for ``steps`` steps, all at once: the engine of
+    [`rnnjax.fit`][rnnjax.engine.fit] over a [`StackedProgram`][rnnjax.sweep.StackedProgram].
 
     For each group of configurations with the same static values, the numeric values are stacked
     (``[n]`` arrays: ints as int32, floats as float32), the states are built by
     ``vmap(init_fn)``, and one jitted program runs a chunk of steps of every configuration: step
     ``t`` is ``state, metrics = step_fn(state, batch_fn(config, t), config)`` (the same order as
-    :func:`rnnjax.fit`, so configuration ``i`` gives what training it alone gives, to float
+    [`rnnjax.fit`][rnnjax.engine.fit], so configuration ``i`` gives what training it alone gives, to float
     rounding). The sweep axis is sharded over ``devices`` (see the module docstring).
 
-    The same loop as :func:`rnnjax.fit` (:func:`rnnjax.engine.drive`), with the same defaults and
-    guarantees: the per-configuration **non-finite guard** (a configuration whose step is
-    non-finite ``max_consecutive_nonfinite`` times in a row is frozen at its last good state and
+    The same loop as [`rnnjax.fit`][rnnjax.engine.fit] ([`rnnjax.engine.drive`][rnnjax.engine.drive]), with
+    the same defaults and guarantees: the per-configuration **non-finite guard** (a configuration whose step
+    is non-finite ``max_consecutive_nonfinite`` times in a row is frozen at its last good state and
     reported in ``result.diverged`` and ``results.json``, with the step, while the others train
     on, bit for bit as without it); checks before training (the step's and ``eval_fn``'s outputs,
     the concrete hyperparameters of every configuration, naming it); with ``workdir``: the lock,
@@ -843,10 +854,11 @@ def run_sweep(
     ``results.json``.
 
     Args:
-      configs: a list of dicts with the same keys (e.g. :func:`grid`).
+      configs: a list of dicts with the same keys (e.g. [`grid`][rnnjax.sweep.grid]).
       init_fn: ``init_fn(config) -> TrainState``; numeric values are 0-d arrays, static values
         as given. Build the optimizer from the configuration here.
-      step_fn: ``step_fn(state, batch, config) -> (state, metrics)`` (e.g. :func:`sweep_step`).
+      step_fn: ``step_fn(state, batch, config) -> (state, metrics)`` (e.g.
+        [`sweep_step`][rnnjax.sweep.sweep_step]).
       batch_fn: ``batch_fn(config, step) -> batch`` with ``step`` a traced int32 scalar.
       steps: number of training steps.
       static: keys whose values are static even if numeric (sizes: ``("hidden_size",)``).
@@ -854,7 +866,7 @@ def run_sweep(
       vmap_size: configurations run batched (``vmap``) at once on a device; the device's batches
         run one after another (``lax.map``). ``None``: all of them. ``"auto"``: 1 on CPU, all
         elsewhere (see the module docstring).
-      chunk: steps per compiled call (default 100), as in :func:`rnnjax.fit`.
+      chunk: steps per compiled call (default 100), as in [`rnnjax.fit`][rnnjax.engine.fit].
       eval_fn: ``eval_fn(params, config) -> dict`` of scalars (traceable; run for every
         configuration in one program) every ``eval_every`` steps and at the end.
       eval_every: evaluation period in steps (None: only at the end).
@@ -875,7 +887,7 @@ def run_sweep(
       progress: one progress bar for the whole sweep.
 
     Returns:
-      A :class:`SweepResult`.
+      A [`SweepResult`][rnnjax.sweep.SweepResult].
     """
     for name, fn in (("init_fn", init_fn), ("step_fn", step_fn), ("batch_fn", batch_fn)):
         check_callable(name, fn, "(see run_sweep's docstring)")

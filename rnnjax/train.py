@@ -8,7 +8,8 @@ The pieces compose like the rest of the kit, as pure functions over pytrees::
     state, metrics = step(state, batch)
     # or: state, history = rnnjax.fit(state, rnnjax.train_step(loss_fn, tx), batch_fn, steps=1000)
 
-The optimizers are in :mod:`rnnjax.optim`, the training engine (``fit``) in :mod:`rnnjax.engine`.
+The optimizers are in [`rnnjax.optim`][rnnjax.optim], the training engine (``fit``) in
+[`rnnjax.engine`][rnnjax.engine].
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ class TrainState:
       opt_state: the optimizer state.
       key: the run's PRNG key; step ``t`` uses ``jax.random.fold_in(key, t)``.
       carry: the recurrent state that truncated backpropagation through time carries from one
-        batch to the next (:func:`tbptt_step`), checkpointed with the rest; None otherwise (no
-        leaves: a state without it saves and restores as before).
+        batch to the next ([`tbptt_step`][rnnjax.train.tbptt_step]), checkpointed with the rest; None
+        otherwise (no leaves: a state without it saves and restores as before).
     """
 
     step: Array
@@ -69,13 +70,13 @@ class TrainState:
 
         Args:
           params: the initial params pytree.
-          tx: the optimizer (e.g. :func:`optimizer`).
+          tx: the optimizer (e.g. [`optimizer`][rnnjax.optim.optimizer]).
           key: the run's PRNG key (``jax.random.key(seed)``), keyword-only.
-          carry: the initial recurrent state for :func:`tbptt_step` (e.g.
-            ``cell.initial_carry(params["cell"], (B,))``); None for :func:`train_step`.
+          carry: the initial recurrent state for [`tbptt_step`][rnnjax.train.tbptt_step] (e.g.
+            ``cell.initial_carry(params["cell"], (B,))``); None for [`train_step`][rnnjax.train.train_step].
 
         Returns:
-          A :class:`TrainState`.
+          A [`TrainState`][rnnjax.train.TrainState].
         """
         _check_tx(tx)
         if not isinstance(key, jax.Array):
@@ -107,8 +108,8 @@ def train_step(
     its seed, its data and the step (a resumed run repeats the same steps bitwise). Then
     ``updates = tx.update(grads, opt_state, params)`` and ``params + updates``, projected with
     ``project`` when given (projected gradient descent, e.g. IndRNN's bound on ``|u|``:
-    :func:`rnnjax.indrnn_projection`; or an ``optax.projections`` function). If the loss, a
-    gradient or an update is NaN/inf, the step is skipped: params and opt_state are returned
+    [`rnnjax.indrnn_projection`][rnnjax.indrnn_projection]; or an ``optax.projections`` function). If the
+    loss, a gradient or an update is NaN/inf, the step is skipped: params and opt_state are returned
     unchanged (bitwise), the step counter still advances, and ``metrics["nonfinite"]`` is 1.
 
     The returned function is not jitted: ``jax.jit(step)`` it (``fit`` does), or ``vmap``/``scan``
@@ -147,7 +148,8 @@ def train_step(
 
 def _apply(tx: optax.GradientTransformation, project: Callable[[Params], Params] | None,
            state: TrainState, loss: Array, aux: Any, grads: Any) -> tuple[TrainState, dict[str, Array]]:
-    """The update of :func:`train_step`: the optimizer, the projection, the non-finite skip."""
+    """The update of [`train_step`][rnnjax.train.train_step]: the optimizer, the projection, the non-finite
+    skip."""
     if not isinstance(aux, dict):
         raise TypeError(f"with has_aux=True, loss_fn must return (loss, aux) with aux a dict, "
                         f"got aux of type {type(aux).__name__}")
@@ -192,12 +194,12 @@ def tbptt_step(
 
     A long stream is cut into consecutive windows of ``k`` steps (``batch_fn(step)`` returns
     window ``step``); the recurrent state runs on from one window to the next in
-    ``state.carry``, and gradients stop at the window's start: the step is :func:`train_step`
-    with ``loss_fn(params, batch, key, carry) -> (loss, new_carry)`` differentiated with respect
-    to ``params`` only (``carry`` enters as a constant), and ``state.carry = new_carry`` after
-    it. So the state sees the whole stream while each gradient spans ``k`` steps. ``state.carry``
-    is part of the checkpoint, so :func:`rnnjax.fit` resumes a stateful run bitwise. A non-finite
-    step keeps the old params, optimizer state and carry.
+    ``state.carry``, and gradients stop at the window's start: the step is
+    [`train_step`][rnnjax.train.train_step] with ``loss_fn(params, batch, key, carry) -> (loss, new_carry)``
+    differentiated with respect to ``params`` only (``carry`` enters as a constant), and ``state.carry =
+    new_carry`` after it. So the state sees the whole stream while each gradient spans ``k`` steps.
+    ``state.carry`` is part of the checkpoint, so [`rnnjax.fit`][rnnjax.engine.fit] resumes a stateful run
+    bitwise. A non-finite step keeps the old params, optimizer state and carry.
 
     Args:
       loss_fn: ``loss_fn(params, batch, key, carry) -> (loss, carry)``, or with ``has_aux``
@@ -205,10 +207,10 @@ def tbptt_step(
         (e.g. from ``rnnjax.unroll(cell, params, xs, carry)``).
       tx: the optimizer the state was created with.
       has_aux: whether the loss comes with an aux dict.
-      project: as in :func:`train_step`.
+      project: as in [`train_step`][rnnjax.train.train_step].
 
     Returns:
-      ``step(state, batch) -> (state, metrics)``, the metrics of :func:`train_step`.
+      ``step(state, batch) -> (state, metrics)``, the metrics of [`train_step`][rnnjax.train.train_step].
     """
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be a callable (params, batch, key, carry) -> (loss, carry), "
@@ -305,7 +307,7 @@ def evaluate(
 
 
 class NonFiniteError(RuntimeError):
-    """Raised by :func:`fit` after too many consecutive non-finite (skipped) steps.
+    """Raised by [`fit`][rnnjax.engine.fit] after too many consecutive non-finite (skipped) steps.
 
     Attributes:
       state: the last good state: the state after the last finite step (or the initial state).

@@ -1,15 +1,15 @@
 """Core types: the cell contract shared by every recurrent cell in rnnjax.
 
-A cell is a :class:`Cell`, a ``NamedTuple`` of three pure functions, in the style of
+A cell is a [`Cell`][rnnjax.types.Cell], a ``NamedTuple`` of three pure functions, in the style of
 ``optax.GradientTransformation``::
 
     params = cell.init(key, input_size)              # a dict of arrays
     carry = cell.initial_carry(params, batch_shape)  # zeros for a batch shape, e.g. (B,) or ()
     carry, y = cell.apply(params, carry, x)          # one time step; x is [D] or [..., D]
 
-and three optional hooks that ``unroll`` uses when present: ``cell.linear`` (a :class:`LinearForm`
-for the associative-scan path), ``cell.prepare`` (per-sequence work on params) and
-``cell.sequence`` (a fused whole-sequence path, e.g. the LSTM's and GRU's).
+and three optional hooks that ``unroll`` uses when present: ``cell.linear`` (a
+[`LinearForm`][rnnjax.types.LinearForm] for the associative-scan path), ``cell.prepare`` (per-sequence work on
+params) and ``cell.sequence`` (a fused whole-sequence path, e.g. the LSTM's and GRU's).
 
 Nothing is hidden in objects: ``jax.grad``, ``jax.jit``, ``jax.vmap``, ``jax.checkpoint`` and
 sharding compose with every piece.
@@ -57,7 +57,7 @@ class LogLinearRecurrence(NamedTuple):
     ``unroll`` then scans ``log`` values with ``logaddexp`` (minGRU/minLSTM, Feng et al. 2024):
     no product of many ``a_t`` is formed, so nothing under- or overflows. The carry itself may
     have any sign (``carry_t = exp(Σ log a) ⊙ carry_0 + exp(scan)``). Shapes as in
-    :class:`LinearRecurrence`.
+    [`LinearRecurrence`][rnnjax.types.LinearRecurrence].
     """
 
     log_a: Array
@@ -71,7 +71,8 @@ class LinearForm(NamedTuple):
       coefficients: ``coefficients(params, xs) -> LinearRecurrence | LogLinearRecurrence`` for
         time-major inputs ``xs [T, ..., D]``; ``a_t``, ``b_t`` may depend on ``x_t`` and params
         only (``unroll`` reorders time steps for ``reverse`` with ``lengths``). The carry must be
-        a single array ``[..., N]`` (``[..., N, k]`` for a :class:`BlockLinearRecurrence`).
+        a single array ``[..., N]`` (``[..., N, k]`` for a
+        [`BlockLinearRecurrence`][rnnjax.types.BlockLinearRecurrence]).
       readout: ``readout(params, carries, xs) -> ys``: the outputs ``[T, ..., O]`` from the
         carries after each step ``[T, ..., N]`` and the inputs ``[T, ..., D]``.
     """
@@ -89,8 +90,8 @@ class Cell(NamedTuple):
         ``batch_shape`` (``()`` for a single sequence).
       apply: ``apply(params, carry, x) -> (carry, y)``; one step, carry first (the ``lax.scan``
         order). ``x`` has shape ``[D]`` or ``[..., D]`` whose leading dims match the carry's.
-      linear: optional :class:`LinearForm`, only for cells whose carry update is linear in the
-        carry (``carry_t = a_t ⊙ carry_{t-1} + b_t``, e.g. LRU, minGRU, minLSTM); it lets
+      linear: optional [`LinearForm`][rnnjax.types.LinearForm], only for cells whose carry update is linear in
+        the carry (``carry_t = a_t ⊙ carry_{t-1} + b_t``, e.g. LRU, minGRU, minLSTM); it lets
         ``unroll(..., parallel=True)`` run the sequence with ``jax.lax.associative_scan``. It must
         compute the same function as ``apply``. ``None`` (the default) for every other cell.
       prepare: optional ``prepare(params) -> params``, work that depends on params only (e.g. a

@@ -286,3 +286,112 @@ def test_smnist_refuses_a_workdir_of_another_model_setup(tmp_path, monkeypatch):
     monkeypatch.setitem(smnist.CORNN, "sequential", {"dt": 0.06, "gamma": 66.0, "epsilon": 15.0})
     with pytest.raises(Exception, match="model"):
         smnist.main(args)
+
+
+# ----------------------------------------------------------------------------- adding.py --cell
+
+FACTORY = '''
+import jax.numpy as jnp
+import rnnjax
+
+CALLS = []
+
+
+def make(hidden_size, T):
+    CALLS.append((hidden_size, T))
+    project = lambda p: {**p, "cell": {**p["cell"], "b": jnp.full_like(p["cell"]["b"], 0.25)}}
+    return rnnjax.elman(hidden_size), project
+
+
+def bare(hidden_size, T):
+    return rnnjax.elman(hidden_size)
+
+
+def wrong(hidden_size, T):
+    return 3
+'''
+
+
+def _one_step(monkeypatch, seen):
+    """Replace ``rnnjax.fit`` by one jitted step from the script's state (then stop)."""
+    import jax
+    import jax.numpy as jnp
+
+    import rnnjax
+
+    def fake_fit(state, step_fn, batch_fn, **kw):
+        seen["before"] = state
+        seen["after"], seen["metrics"] = jax.jit(step_fn)(state, batch_fn(jnp.int32(0)))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rnnjax, "fit", fake_fit)
+
+
+def test_adding_accepts_every_registry_cell(tmp_path, monkeypatch):
+    import jax
+
+    import rnnjax
+
+    adding = _script("adding")
+    common = sys.modules["_common"]
+    assert [common.cell_arg(n) for n in rnnjax.registry.names()] == list(rnnjax.registry.names())
+    assert len(rnnjax.registry.names()) >= 20
+    seen = {}
+    _one_step(monkeypatch, seen)
+    args = [*ADDING, "--workdir", str(tmp_path / "w"), "--steps", "1"]
+    args[args.index("elman")] = "antisymmetric"  # not among --cell's 10 fixed choices before
+    with pytest.raises(KeyboardInterrupt):
+        adding.main(args)
+    before = seen["before"].params["cell"]
+    expected = rnnjax.registry.cell("antisymmetric", 6).init(jax.random.key(0), 2)
+    assert jax.tree.map(np.shape, before) == jax.tree.map(np.shape, expected)
+    assert np.isfinite(float(seen["metrics"]["loss"]))
+    assert not np.array_equal(seen["after"].params["cell"]["w_h"], before["w_h"])
+
+
+def test_adding_takes_a_factory_and_applies_its_projection(tmp_path, monkeypatch):
+    import jax
+
+    import rnnjax
+
+    (tmp_path / "my_cells_29.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    adding = _script("adding")
+    seen = {}
+    _one_step(monkeypatch, seen)
+    args = [*ADDING, "--workdir", str(tmp_path / "w"), "--steps", "1"]
+    args[args.index("elman")] = "my_cells_29:make"
+    with pytest.raises(KeyboardInterrupt):
+        adding.main(args)
+    import my_cells_29
+
+    assert my_cells_29.CALLS == [(6, 8)]  # make(hidden_size, T), once
+    before, after = seen["before"].params["cell"], seen["after"].params["cell"]
+    assert before["w_h"].shape == (6, 6) and set(before) == set(rnnjax.elman(6).init(jax.random.key(0), 2))
+    np.testing.assert_array_equal(after["b"], np.full((6,), 0.25, np.float32))  # projected
+    assert not np.array_equal(after["w_h"], before["w_h"])  # and trained
+    # a bare Cell (no projection), given as path/to/file.py:function; a factory of another form
+    common = sys.modules["_common"]
+    cell, project = common.build_cell(f"{tmp_path / 'my_cells_29.py'}:bare", 6, seq_len=8)
+    assert isinstance(cell, rnnjax.Cell) and project is None
+    with pytest.raises(SystemExit, match=r"returned int; expected make\(hidden_size, T\)"):
+        common.build_cell("my_cells_29:wrong", 6, seq_len=8)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("nosuchcell", r"unknown cell 'nosuchcell'.*deltanet.*module:function"),
+    ("no_such_module_29:make", r"factory 'no_such_module_29:make': cannot import 'no_such_module_29' "
+                               r"\(ModuleNotFoundError"),
+    ("json:no_such_function", r"module 'json' has no function 'no_such_function'"),
+])
+def test_adding_cell_errors_name_the_problem(tmp_path, capsys, value, message):
+    import re
+
+    adding = _script("adding")
+    args = [*ADDING, "--workdir", str(tmp_path / "w"), "--steps", "1"]
+    args[args.index("elman")] = value
+    with pytest.raises(SystemExit) as e:
+        adding.main(args)
+    assert e.value.code == 2  # argparse's usage error, before anything is built
+    err = capsys.readouterr().err
+    assert "argument --cell" in err and re.search(message, err.replace("\n", " ")), err

@@ -185,3 +185,31 @@ def test_readme_user_script_trains_and_resumes(tmp_path, capsys):
     exec(compile(code, "README.md", "exec"), again)
     assert json.loads((tmp_path / "run" / "results.json").read_text())["params_sha256"] == out["params_sha256"]
     assert again["history"]["step"] == first["history"]["step"]
+
+
+def test_readme_bench_example_calls_the_real_signatures():
+    """The README's bench block (run in full, smaller, by tests/test_docs.py's guide script): its
+    calls bind to rnnjax.bench's signatures and its command line parses."""
+    import inspect
+
+    from rnnjax import bench
+    from rnnjax.bench.__main__ import parser
+
+    code = re.search(r"## Benchmark your own cell\n.*?```python\n(.*?)```", README, re.S).group(1)
+    calls = {"run": bench.run, "Recipe": bench.Recipe, "report": bench.report}
+    seen = set()
+
+    class Recorder:
+        def __getattr__(self, name):
+            def call(*args, **kwargs):
+                inspect.signature(calls[name]).bind(*args, **kwargs)  # raises on a wrong argument
+                seen.add(name)
+                return [] if name == "run" else None
+            return call
+
+    exec(compile(code.replace("from rnnjax import bench\n", ""), "README.md", "exec"),
+         {"bench": Recorder(), "leaky": None, "print": lambda *a: None})
+    assert seen == set(calls)
+    line = re.search(r"`python -m rnnjax\.bench ([^`]*)`", README.replace("\n", " ")).group(1)
+    args = parser().parse_args(line.split())
+    assert args.cell == ["mycells:leaky", "lstm"] and args.task == ["adding:50,100"] and args.seeds == 4

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import rnnjax
+from rnnjax.bench import core as bench_core
 from rnnjax import registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -150,7 +151,7 @@ def test_every_script_takes_its_cells_from_the_registry():
             cell, project = vanishing.make_model(spec, H, T)
             params = cell.init(jax.random.key(2), D)
             ref = registry.cell(name, H, T).init(jax.random.key(2), D)
-            if name in vanishing.TWO_LAYERS:
+            if name in bench_core.TWO_LAYERS:
                 assert len(params) == 2
                 assert jax.tree.structure(params[0]) == jax.tree.structure(ref)
             else:

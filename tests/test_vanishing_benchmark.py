@@ -12,15 +12,16 @@ import numpy as np
 import pytest
 
 import rnnjax
+from rnnjax import bench
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import vanishing  # noqa: E402
 
 
-def tiny(task="adding", T=10, steps=20, **kw):
-    base = dict(task=task, T=T, steps=steps, H=4, batch=4, lr=1e-2, eval_every=10, test_size=8,
-                seeds=(0, 1, 2))
-    return vanishing.TrainConfig(**{**base, **kw})
+def tiny(task="adding", T=10, steps=20, H=4, seeds=(0, 1, 2), **kw):
+    """``(task, recipe, seeds)`` of a tiny row."""
+    base = dict(steps=steps, hidden_size=H, batch=4, lr=1e-2, eval_every=10, test_size=8)
+    return bench.tasks.get(task, T), bench.Recipe(**{**base, **kw}), seeds
 
 
 # ----------------------------------------------------------------------------- pure pieces
@@ -73,6 +74,11 @@ def test_literature_comparison_reports_longest_solved_or_says_nothing_is_finishe
                                             run("lstm-fb1", "adding", 500, False)])
     assert "LSTM solves adding to T≈400: lstm-fb1 on adding — longest T solved: 200 (tried T = 50, 200, 500)." in text
     assert "none of these rows" not in text
+    # a short budget (the demo's 300 steps) is said to be too short to test the claim
+    short = [dict(run("lstm-fb1", "adding", 50, False), steps=300)]
+    text = vanishing.literature_comparison(short)
+    assert ("LSTM solves adding to T≈400: lstm-fb1 on adding — solved at no T (tried T = 50); 300 steps is too "
+            "short a budget to test this claim") in text
 
 
 def test_every_spec_builds():
@@ -105,31 +111,36 @@ def test_recipe_arguments_are_never_dropped(monkeypatch):
 def test_paper_rows_carry_their_papers_recipes():
     rows = vanishing.plan(vanishing.GRIDS["full"], cells=None, steps=None, hidden=None, lr=1e-2,
                           seeds=None, eval_every=None, test_size=None, paper_steps=None)
-    paper = {(s.name, c.T): c for s, c in rows if s.paper is not None}
+    paper = {(pl.spec.name, pl.task.T): pl.recipe for pl in rows if pl.spec.paper is not None}
+    tasks = {(pl.spec.name, pl.task.T): pl.task.name for pl in rows}
+    seeds = {(pl.spec.name, pl.task.T): pl.seeds for pl in rows if pl.spec.paper is not None}
     ind = paper[("indrnn-paper", 1000)]
     assert ("indrnn-paper", 5000) in paper
-    assert (ind.H, ind.batch, ind.lr, ind.optimizer, ind.clip) == (128, 32, 2e-4, "adam", None)
+    assert (ind.hidden_size, ind.batch, ind.lr, ind.optimizer, ind.clip) == (128, 32, 2e-4, "adam", None)
     chrono = paper[("lstm-chrono-paper", 500)]
-    assert (chrono.task, chrono.H, chrono.optimizer, chrono.lr, dict(chrono.opt_kwargs)["decay"]) == \
-        ("copy", 128, "rmsprop", 1e-3, 0.9)
+    assert tasks[("lstm-chrono-paper", 500)] == "copy"
+    assert (chrono.hidden_size, chrono.optimizer, chrono.lr, dict(chrono.opt_kwargs)["decay"]) == \
+        (128, "rmsprop", 1e-3, 0.9)
     assert dict(chrono.opt_kwargs)["eps_in_sqrt"] is False  # the paper's PyTorch RMSprop
     contrast = paper[("lstm-chrono-paper-eps-in-sqrt", 500)]  # the same but optax's RMSprop form
     assert (chrono.steps, contrast.steps) == (20000, 10000)  # the contrast kept its first budget
     assert dataclasses.replace(contrast, opt_kwargs=chrono.opt_kwargs, steps=chrono.steps) == chrono
     exp = paper[("exprnn-paper", 1000)]
-    assert (exp.H, exp.batch, exp.lr, dict(exp.lr_factors), exp.clip) == (190, 128, 2e-4, {"a": 0.1}, None)
+    assert (exp.hidden_size, exp.batch, exp.lr, dict(exp.lr_factors), exp.clip) == (190, 128, 2e-4, {"a": 0.1}, None)
     assert dict(exp.opt_kwargs) == {"decay": 0.99, "eps_in_sqrt": False}
     contrast = paper[("exprnn-paper-eps-in-sqrt", 1000)]
     assert dataclasses.replace(contrast, opt_kwargs=exp.opt_kwargs) == exp
     irnn = paper[("irnn-paper", 150)]
-    assert (irnn.H, irnn.optimizer, irnn.batch, irnn.lrs) == (100, "sgd", 16, (1e-2, 1e-3))
-    assert all(len(c.seeds) >= 3 for c in paper.values())
-    grid = [(s, c) for s, c in rows if s.paper is None]
-    assert all(c.steps == 1000 and len(c.seeds) >= 3 for _, c in grid)
-    assert {c.T for _, c in grid if c.task == "adding"} == {50, 100, 200, 500, 1000}
+    assert (irnn.hidden_size, irnn.optimizer, irnn.batch, irnn.lrs) == (100, "sgd", 16, (1e-2, 1e-3))
+    assert all(len(s) >= 3 for s in seeds.values())
+    grid = [pl for pl in rows if pl.spec.paper is None]
+    assert all(pl.recipe.steps == 1000 and len(pl.seeds) >= 3 for pl in grid)
+    assert all(dataclasses.replace(pl.recipe, init="") == bench.Recipe() for pl in grid)  # bench's default
+    assert {pl.task.T for pl in grid if pl.task.name == "adding"} == {50, 100, 200, 500, 1000}
     # the chrono LSTM's T_max is 3T/2: b_f = log U[1, T_max - 1], b_i = -b_f
-    cfg = tiny(task="copy", T=20, H=16, optimizer="rmsprop", lr=1e-3, clip=None, opt_kwargs=(("decay", 0.9),))
-    init_fn = vanishing.build_training(vanishing.spec_by_name("lstm-chrono-paper"), cfg).init_fn
+    task, recipe, _ = tiny(task="copy", T=20, H=16, optimizer="rmsprop", lr=1e-3, clip=None,
+                           opt_kwargs=(("decay", 0.9),))
+    init_fn = vanishing.build_training(vanishing.spec_by_name("lstm-chrono-paper"), task, recipe).init_fn
     state = init_fn({"lr": 1e-3, "seed": 0})
     b = np.asarray(state.params["cell"]["b"])
     H = 16
@@ -147,7 +158,7 @@ def test_chrono_paper_rmsprop_is_pytorchs_form():
     steps = {}
     for row in ("lstm-chrono-paper", "lstm-chrono-paper-eps-in-sqrt"):
         rc = vanishing.spec_by_name(row).recipe
-        t = vanishing.build_training(vanishing.spec_by_name(row), tiny(opt_kwargs=rc.opt_kwargs, **kw))
+        t = vanishing.build_training(vanishing.spec_by_name(row), *tiny(opt_kwargs=rc.opt_kwargs, **kw)[:2])
         params = t.init_fn({"lr": 1e-3, "seed": 0}).params
         tx = t.make_tx({"lr": 1e-3})
         u, _ = tx.update(jax.tree.map(lambda p: jnp.full_like(p, 1e-6), params), tx.init(params), params)
@@ -161,8 +172,8 @@ def test_chrono_paper_rmsprop_is_pytorchs_form():
 def test_indrnn_paper_keeps_u_within_the_bound():
     T = 10
     bound = 2.0 ** (1.0 / T)
-    cfg = tiny(T=T, H=8, lr=0.3, clip=None)  # a large rate: without the projection u would leave
-    init_fn, step_fn, batch_fn = vanishing.build_training(vanishing.spec_by_name("indrnn-paper"), cfg)[:3]
+    cfg = tiny(T=T, H=8, lr=0.3, clip=None)[:2]  # a large rate: without the projection u would leave
+    init_fn, step_fn, batch_fn = vanishing.build_training(vanishing.spec_by_name("indrnn-paper"), *cfg)[:3]
     config = {"lr": jnp.float32(0.3), "seed": jnp.int32(0)}
     state = init_fn(config)
     l1, l2 = state.params["cell"]
@@ -183,7 +194,7 @@ def test_exprnn_paper_trains_the_skew_parameter_at_a_tenth_of_the_rate():
     config = {"lr": 2e-4, "seed": 0}
     updates = []
     for factors in ((("a", 0.1),), ()):
-        t = vanishing.build_training(spec, tiny(lr_factors=factors, **kw))
+        t = vanishing.build_training(spec, *tiny(lr_factors=factors, **kw)[:2])
         params = t.init_fn(config).params
         grads = jax.tree.map(lambda p: jnp.linspace(-1.0, 2.0, p.size).reshape(p.shape), params)
         tx = t.make_tx(config)
@@ -224,8 +235,9 @@ def test_quick_path_end_to_end(tmp_path, monkeypatch, capsys):
     assert rec["solved"] == (2 * rec["solved_seeds"] >= 3)
     assert rec["recipe"]["hidden_size"] == 4 and rec["recipe"]["steps"] == 20
     # the engine's test loss equals training seed 1 alone in a Python loop, then evaluating
-    cfg = vanishing.TrainConfig(task="adding", T=10, steps=20, H=4, eval_every=10, test_size=8, seeds=(0, 1, 2))
-    init_fn, step_fn, batch_fn, eval_fn = vanishing.build_training(vanishing.spec_by_name("elman-orth"), cfg)[:4]
+    task, recipe, _ = tiny(T=10, steps=20, H=4, batch=32)
+    init_fn, step_fn, batch_fn, eval_fn = vanishing.build_training(vanishing.spec_by_name("elman-orth"), task,
+                                                                   recipe)[:4]
     config = {"lr": jnp.float32(1e-2), "seed": jnp.int32(1)}
     state = init_fn(config)
     step = jax.jit(lambda s, t: step_fn(s, batch_fn(config, t), config))
@@ -246,14 +258,14 @@ def test_quick_path_end_to_end(tmp_path, monkeypatch, capsys):
 
 def test_a_row_resumes_from_its_workdir(tmp_path):
     spec = vanishing.spec_by_name("elman-orth")
-    first = vanishing.train_row(spec, tiny(), workdir=str(tmp_path), trained_flow=False)
-    again = vanishing.train_row(spec, tiny(), workdir=str(tmp_path), trained_flow=False)
+    first = vanishing.train_row(spec, *tiny(), workdir=str(tmp_path), trained_flow=False)
+    again = vanishing.train_row(spec, *tiny(), workdir=str(tmp_path), trained_flow=False)
     assert again[0].get("resumed") and again[0]["test_loss"] == first[0]["test_loss"]
     # a killed run: the row's record is gone, the engine's checkpoints are there; a larger budget
     # continues from them and equals a run of that budget from scratch
     os.remove(tmp_path / "adding-T10-elman-orth" / "row.json")
-    longer = vanishing.train_row(spec, tiny(steps=40), workdir=str(tmp_path), trained_flow=False)
-    fresh = vanishing.train_row(spec, tiny(steps=40), trained_flow=False)
+    longer = vanishing.train_row(spec, *tiny(steps=40), workdir=str(tmp_path), trained_flow=False)
+    fresh = vanishing.train_row(spec, *tiny(steps=40), trained_flow=False)
     assert not longer[0].get("resumed") and longer[0]["eval_steps"] == [10, 20, 30, 40]
     np.testing.assert_allclose(np.asarray(longer[0]["test_loss"], float),
                                np.asarray(fresh[0]["test_loss"], float), rtol=1e-6)
@@ -328,8 +340,8 @@ def test_a_raised_budget_reports_the_shorter_row_then_continues_it(tmp_path, mon
 
 def test_a_row_that_sweeps_learning_rates_reports_each(tmp_path):
     spec = vanishing.spec_by_name("irnn-paper")
-    runs = vanishing.train_row(spec, tiny(T=6, steps=10, eval_every=5, optimizer="sgd", clip=10.0,
-                                          lrs=(1e-2, 1e-3), batch=2), trained_flow=False)
+    runs = vanishing.train_row(spec, *tiny(T=6, steps=10, eval_every=5, optimizer="sgd", clip=10.0,
+                                           lr=(1e-2, 1e-3), batch=2), trained_flow=False)
     assert [r["name"] for r in runs] == ["irnn-paper lr=0.01", "irnn-paper lr=0.001"]
     assert all(r["seeds"] == 3 and r["recipe"]["optimizer"] == "sgd" for r in runs)
     assert runs[0]["recipe"]["lr"] == 1e-2 and runs[1]["recipe"]["lr"] == 1e-3

@@ -1,4 +1,4 @@
-"""Cell factories; each returns a :class:`rnnjax.Cell`."""
+"""Cell factories; each returns a [`rnnjax.Cell`][rnnjax.flax.Cell]."""
 
 from rnnjax.cells.elman import elman, irnn, jordan
 from rnnjax.cells.gru import gru, mgu

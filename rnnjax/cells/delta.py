@@ -144,7 +144,7 @@ def delta_chunkwise(q: Array, k: Array, v: Array, beta: Array, log_alpha: Array 
 
 
 def _delta_cell(hidden_size, num_heads, gated, negative_eigenvalues, chunk_size, dt_min, dt_max, dtype):
-    """The shared factory of :func:`deltanet` and :func:`gated_deltanet`."""
+    """The shared factory of [`deltanet`][rnnjax.deltanet] and [`gated_deltanet`][rnnjax.gated_deltanet]."""
     H = check_size("hidden_size", hidden_size)
     NH = check_size("num_heads", num_heads)
     if H % NH:
@@ -252,17 +252,17 @@ def deltanet(
     ``β_t = 2 σ(·) ∈ (0, 2)``: the transition ``I - β k kᵀ`` then has eigenvalue ``1 - β ∈ (-1, 1)``
     along ``k`` (``β = 2``: a reflection), which lets the cell track parity.
 
-    ``chunk_size=C`` gives the cell the chunkwise parallel path (:func:`delta_chunkwise`, the WY /
-    UT transform of Yang et al. 2024) as its fused ``sequence``, used by :func:`rnnjax.unroll`
-    (with ``lengths`` and ``reverse``; ``resets`` and ``return_carries`` fall back to the scan over
-    ``apply``). ``None`` (default): the plain scan.
+    ``chunk_size=C`` gives the cell the chunkwise parallel path ([`delta_chunkwise`][rnnjax.delta_chunkwise],
+    the WY / UT transform of Yang et al. 2024) as its fused ``sequence``, used by
+    [`rnnjax.unroll`][rnnjax.flax.unroll] (with ``lengths`` and ``reverse``; ``resets`` and ``return_carries``
+    fall back to the scan over ``apply``). ``None`` (default): the plain scan.
 
     Default initialisation (ours; the papers' layers add a convolution, SiLU and an output gate
     around the recurrence, not included here): ``W_x, W_β ~ N(0, 1/D)``, ``b_β = 0``.
 
     Params: ``w_x [D, 3H]`` fused in the order ``(q, k, v)`` (each head-major), ``w_beta [D, NH]``,
-    ``b_beta [NH]``. Carry: :class:`DeltaState` ``S [..., NH, d, d]``. Input ``x [..., D]``, output
-    ``[..., H]``; over a sequence ``[T, B, D] -> [T, B, H]``.
+    ``b_beta [NH]``. Carry: [`DeltaState`][rnnjax.DeltaState] ``S [..., NH, d, d]``. Input ``x [..., D]``,
+    output ``[..., H]``; over a sequence ``[T, B, D] -> [T, B, H]``.
 
     Schlag, Irie & Schmidhuber, "Linear Transformers Are Secretly Fast Weight Programmers",
     ICML 2021; Yang, Wang, Zhang, Shen & Kim, "Parallelizing Linear Transformers with the Delta
@@ -290,18 +290,19 @@ def gated_deltanet(
 ) -> Cell:
     """Gated DeltaNet: the delta rule with a data-dependent decay of the whole memory.
 
-    As :func:`deltanet`, with ``S_t = α_t S_{t-1} (I - β_t k_t k_tᵀ) + β_t v_t k_tᵀ`` and a
+    As [`deltanet`][rnnjax.deltanet], with ``S_t = α_t S_{t-1} (I - β_t k_t k_tᵀ) + β_t v_t k_tᵀ`` and a
     per-head decay ``α_t = exp(-a softplus(x_t W_α + b_α)) ∈ (0, 1)``, ``a = exp(a_log) > 0`` (the
     Mamba2 gate the paper uses); ``o_t = S_t q_t``. The decay forgets quickly, the delta rule
     edits precisely. ``negative_eigenvalues`` (Grazzi et al., ICLR 2025) makes ``β ∈ (0, 2)``;
-    ``chunk_size`` selects the chunkwise path (:func:`delta_chunkwise` with ``log α``) as in
-    :func:`deltanet`.
+    ``chunk_size`` selects the chunkwise path ([`delta_chunkwise`][rnnjax.delta_chunkwise] with ``log α``) as
+    in [`deltanet`][rnnjax.deltanet].
 
     Default initialisation: ``W_x, W_β, W_α ~ N(0, 1/D)``, ``b_β = 0``, ``a ~ U[1, 16]``, ``b_α``
     so that ``softplus(b_α)`` is log-uniform in ``[dt_min, dt_max]`` (as Mamba2's time step).
 
-    Params: those of :func:`deltanet` plus ``w_alpha [D, NH]``, ``b_alpha [NH]``, ``a_log [NH]``.
-    Carry: :class:`DeltaState` ``S [..., NH, d, d]``. Over a sequence ``[T, B, D] -> [T, B, H]``.
+    Params: those of [`deltanet`][rnnjax.deltanet] plus ``w_alpha [D, NH]``, ``b_alpha [NH]``, ``a_log [NH]``.
+    Carry: [`DeltaState`][rnnjax.DeltaState] ``S [..., NH, d, d]``. Over a sequence ``[T, B, D] -> [T, B,
+      H]``.
 
     Yang, Kautz & Hatamizadeh, "Gated Delta Networks: Improving Mamba2 with Delta Rule", ICLR 2025.
 

@@ -59,11 +59,12 @@ def _is_indrnn_params(node) -> bool:
 def indrnn_projection(max_timescale: float, min_abs: float = 0.0) -> Callable[[Params], Params]:
     """The paper's projection for a whole model: ``project(params) -> params``.
 
-    ``project`` applies :func:`indrnn_constrain` with ``max_abs = indrnn_max_abs(max_timescale)``
-    to every IndRNN params dict (keys ``w_x``, ``u``, ``b``) in ``params``, whatever the layout (a
-    single cell, a :func:`rnnjax.layers.stack` tuple, a dict of a cell and a readout), and returns
-    every other leaf unchanged. Pass it as ``project=`` to :func:`rnnjax.train_step` (or
-    :func:`rnnjax.sweep.sweep_step`) to keep Li et al.'s ``|u| <= 2^(1/T)`` after every update.
+    ``project`` applies [`indrnn_constrain`][rnnjax.indrnn_constrain] with ``max_abs =
+    indrnn_max_abs(max_timescale)`` to every IndRNN params dict (keys ``w_x``, ``u``, ``b``) in ``params``,
+    whatever the layout (a single cell, a [`rnnjax.layers.stack`][rnnjax.layers.stack] tuple, a dict of a cell
+    and a readout), and returns every other leaf unchanged. Pass it as ``project=`` to
+    [`rnnjax.train_step`][rnnjax.sweep.train_step] (or [`rnnjax.sweep.sweep_step`][rnnjax.sweep.sweep_step])
+    to keep Li et al.'s ``|u| <= 2^(1/T)`` after every update.
 
     Raises:
       ValueError: ``max_timescale < 1``, or ``min_abs`` outside ``[0, 2^(1/T)]``; or, when
@@ -105,8 +106,8 @@ def indrnn(
     Constraint: the paper keeps ``|u| ∈ [0, 2^(1/T)]`` for a ReLU IndRNN over T steps. This cell
     does *not* clip inside ``apply`` (a clip there has zero gradient outside the range and
     halves it at the bound); it initialises ``u ~ U[0, 2^(1/T)]`` when ``max_timescale=T`` is
-    given (else ``U[0, 1]``), and :func:`indrnn_constrain` projects ``u`` back into the range
-    after each optimizer step: ``params = indrnn_constrain(params, indrnn_max_abs(T))``.
+    given (else ``U[0, 1]``), and [`indrnn_constrain`][rnnjax.indrnn_constrain] projects ``u`` back into the
+    range after each optimizer step: ``params = indrnn_constrain(params, indrnn_max_abs(T))``.
 
     Params: ``w_x [D, H]``, ``u [H]``, ``b [H]``. Carry: ``h [..., H]``.
 

@@ -147,7 +147,7 @@ def minlstm(
     no separate cell state).
 
     With ``log_space=True`` (default, the paper's stable form) ``g`` is the positive map of
-    :func:`g` and the parallel scan runs on ``log f' = -softplus(softplus(-k_f) - softplus(-k_i))``
+    `g` and the parallel scan runs on ``log f' = -softplus(softplus(-k_f) - softplus(-k_i))``
     and ``log i' + log g(h̃)`` (``log i' = -softplus(softplus(-k_i) - softplus(-k_f))``) with
     ``logaddexp``; with ``log_space=False`` ``g`` is the identity and the scan runs on
     ``a = f'``, ``b = i'⊙h̃``. ``apply`` computes the same function in linear space.

@@ -70,7 +70,8 @@ def antisymmetric(
     ``h_t = h_{t−1} + ε tanh(h_{t−1} (W − Wᵀ − γI) + x_t V + b)``; output ``h_t``. The
     antisymmetric ``W − Wᵀ`` has a purely imaginary spectrum, so the underlying ODE neither
     explodes nor vanishes; the diffusion ``γ > 0`` shifts every eigenvalue to real part ``−γ`` to
-    make the Euler discretisation stable (the paper's Section 3; :func:`antisymmetric_matrix`).
+    make the Euler discretisation stable (the paper's Section 3;
+    [`antisymmetric_matrix`][rnnjax.antisymmetric_matrix]).
 
     The gated variant (``gated=True``, the paper's eq. 15) adds an input gate sharing the
     recurrent matrix: ``z_t = σ(h_{t−1}(W − Wᵀ − γI) + x_t V_z + b_z)``,
@@ -155,8 +156,8 @@ def lipschitz(
 
     The continuous-time unit ``ḣ = h A + tanh(h W + x U + b)`` with
     ``A = A_{β,γ_A}(M_A)``, ``W = A_{β,γ_W}(M_W)`` and
-    ``A_{β,γ}(M) = (1 − β)(M + Mᵀ) + β(M − Mᵀ) − γI`` (:func:`lipschitz_matrix`), advanced by one
-    step ``ε`` per input with the input held over the step; output ``h_t``.
+    ``A_{β,γ}(M) = (1 − β)(M + Mᵀ) + β(M − Mᵀ) − γI`` ([`lipschitz_matrix`][rnnjax.lipschitz_matrix]),
+    advanced by one step ``ε`` per input with the input held over the step; output ``h_t``.
 
     - ``method="euler"``: ``h_t = h_{t−1} + ε f(h_{t−1}, x_t)``, ``f(h, x) = h A + tanh(h W + x U + b)``.
     - ``method="rk2"`` (Heun's second-order Runge–Kutta): ``k₁ = f(h_{t−1}, x_t)``,

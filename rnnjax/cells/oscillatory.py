@@ -26,7 +26,8 @@ from rnnjax.types import Array, BlockLinearRecurrence, Cell, LinearForm
 
 
 class OscillatorState(NamedTuple):
-    """Carry of :func:`cornn` and :func:`lem`: position ``y`` and velocity ``z``, each ``[..., H]``."""
+    """Carry of [`cornn`][rnnjax.cornn] and [`lem`][rnnjax.lem]: position ``y`` and velocity ``z``, each
+    ``[..., H]``."""
 
     y: Array
     z: Array
@@ -73,7 +74,7 @@ def cornn(
     ``Δt = 0.042, γ = 2.7, ε = 4.7``; psMNIST ``0.076, 0.4, 8.0``).
 
     Params: ``w_x [D, H]`` (the paper's ``V``), ``w_y [H, H]`` (``W``), ``w_z [H, H]`` (``𝒲``),
-    ``b [H]``. Carry: :class:`OscillatorState` ``(y, z)``, each ``[..., H]``. Input
+    ``b [H]``. Carry: [`OscillatorState`][rnnjax.OscillatorState] ``(y, z)``, each ``[..., H]``. Input
     ``u [..., D]``, output ``y [..., H]``; over a sequence ``[T, B, D] -> [T, B, H]``.
 
     Args:
@@ -142,8 +143,8 @@ def lem(hidden_size: int, *, dt: float = 0.0242, dtype=jnp.float32) -> Cell:
 
     Params: ``w_x [D, 4H]`` (``V_1, V_2, V_z, V_y``), ``w_y [H, 3H]`` (``W_1, W_2, W_z``, acting on
     ``y_{n-1}``), ``w_z [H, H]`` (``W_y``, acting on ``z_n``), ``b [4H]`` (``b_1, b_2, b_z,
-    b_y``). Carry: :class:`OscillatorState` ``(y, z)``, each ``[..., H]``. Input ``u [..., D]``,
-    output ``y [..., H]``; over a sequence ``[T, B, D] -> [T, B, H]``.
+    b_y``). Carry: [`OscillatorState`][rnnjax.OscillatorState] ``(y, z)``, each ``[..., H]``. Input ``u [...,
+    D]``, output ``y [..., H]``; over a sequence ``[T, B, D] -> [T, B, H]``.
 
     Args:
       hidden_size: H.
@@ -230,9 +231,10 @@ def linoss(
     ``B`` and read by a complex ``C``, as in the authors' code (the transition is real, so the
     real and imaginary parts are two real oscillators sharing ``A`` and ``Δt``). This cell is the
     paper's LinOSS *layer*; the paper's block adds a normalisation, a GELU, a GLU and a skip
-    connection around it (compose those with :mod:`rnnjax.layers`). The recurrence is linear in
+    connection around it (compose those with [`rnnjax.layers`][rnnjax.layers]). The recurrence is linear in
     the carry with a ``2 x 2`` block per oscillator, so ``unroll(..., parallel=True)`` runs it as
-    an associative scan of those blocks (:class:`rnnjax.types.BlockLinearRecurrence`).
+    an associative scan of those blocks
+    ([`rnnjax.types.BlockLinearRecurrence`][rnnjax.types.BlockLinearRecurrence]).
 
     Parametrisation and initialisation (the authors' code): ``A = relu(a_hat)``,
     ``a_hat ~ U[0, 1]``; ``Δt = σ(dt_hat)``, ``dt_hat ~ U[0, 1]``; ``B = B_re + i B_im`` with

@@ -61,7 +61,7 @@ def rglru(
     ``input_projection=False`` the cell is the bare RG-LRU and the input size must equal H. The
     gates are dense ``[H, H]`` matrices (Griffin's block-diagonal gates with one block).
     Griffin's code also skips the normalisation ``√(1 − a_t²)`` at a document's first token;
-    here every step uses the equation above (resets are :func:`rnnjax.unroll`'s job).
+    here every step uses the equation above (resets are [`rnnjax.unroll`][rnnjax.flax.unroll]'s job).
 
     Default initialisation (the authors' code): ``Λ`` such that ``σ(Λ)`` (the base decay ``a``,
     not ``a^c``) lies in ``[a_min, a_max] = [0.9, 0.999]``, uniform over the ring's area

@@ -34,8 +34,8 @@ class SLSTMState(NamedTuple):
 
 
 class MLSTMState(NamedTuple):
-    """An mLSTM carry unpacked by :func:`mlstm_state`: memory ``C [..., NH, d, d]``, normaliser
-    ``n [..., NH, d]`` and stabiliser ``m [..., NH]`` (``None`` without the stabiliser); with the
+    """An mLSTM carry unpacked by [`mlstm_state`][rnnjax.mlstm_state]: memory ``C [..., NH, d, d]``,
+    normaliser ``n [..., NH, d]`` and stabiliser ``m [..., NH]`` (``None`` without the stabiliser); with the
     stabiliser, ``C`` and ``n`` are stored scaled by ``exp(−m)``."""
 
     C: Array
@@ -105,12 +105,12 @@ def slstm(
     ``ĩ`` overflow.
 
     Default initialisation as in the xLSTM reference code: ``W_x ~ N(0, 2/(5D))``
-    (:func:`small_init`), ``R = 0``, biases 0 except the forget gate's,
-    :func:`powerlaw_forget_bias` (``forget_bias="powerlaw"``) or a constant.
+    (`small_init`), ``R = 0``, biases 0 except the forget gate's,
+    `powerlaw_forget_bias` (``forget_bias="powerlaw"``) or a constant.
 
     Params: ``w_x [D, 4H]``, ``b [4H]`` fused in the order ``(i, f, z, o)`` (each block
     head-major), ``w_h [NH, 4, d, d]`` (``w_h[k, g]`` maps head ``k``'s ``h`` to its gate ``g``).
-    Carry: :class:`SLSTMState` ``(h, c, n, m)``, each ``[..., H]``. Input ``x [..., D]``, output
+    Carry: [`SLSTMState`][rnnjax.SLSTMState] ``(h, c, n, m)``, each ``[..., H]``. Input ``x [..., D]``, output
     ``h [..., H]``; over a sequence ``[T, B, D] -> [T, B, H]``.
 
     Args:
@@ -186,7 +186,7 @@ def slstm(
 
 
 def mlstm_state(carry: Array, hidden_size: int, num_heads: int = 4) -> MLSTMState:
-    """Unpack an mLSTM carry ``[..., S]`` into :class:`MLSTMState` ``(C, n, m)``.
+    """Unpack an mLSTM carry ``[..., S]`` into [`MLSTMState`][rnnjax.MLSTMState] ``(C, n, m)``.
 
     The layout is ``[C (NH·d·d, row-major per head) | n (NH·d) | m (NH)]``, without ``m`` for a
     cell made with ``stabilize=False``; ``d = hidden_size / num_heads``.
@@ -224,16 +224,16 @@ def mlstm(
     ``C_t = f_t C_{t−1} + i_t v_t k_tᵀ``, ``n_t = f_t n_{t−1} + i_t k_t``,
     ``h̃_t = C_t q_t / max(|n_tᵀ q_t|, 1)``, ``h_t = o_t ⊙ h̃_t`` (heads concatenated); output ``h_t``.
 
-    Stabilised (``stabilize=True``, the paper's appendix and reference code): as in :func:`slstm`,
+    Stabilised (``stabilize=True``, the paper's appendix and reference code): as in [`slstm`][rnnjax.slstm],
     ``m_t = max(log f_t + m_{t−1}, log i_t)`` and ``C, n`` are carried times ``exp(−m_t)``, with the
     normaliser's floor scaled alike: ``h̃_t = C'_t q_t / max(|n'_tᵀ q_t|, exp(−m_t))`` (the same
     ``h̃_t`` exactly, with no exponential above 1).
 
     Parallel path: the gates depend on the input only, so without the stabiliser the carry
     ``(C, n)`` follows ``carry_t = f_t carry_{t−1} + i_t (v_t k_tᵀ, k_t)``, linear in the carry,
-    and ``stabilize=False`` gives the cell a :class:`LinearForm`: ``unroll(..., parallel=True)``
-    computes every ``(C_t, n_t)`` with an associative scan (depth ``O(log T)``), then ``h_t`` from
-    them, the same values as ``apply`` step by step. The stabilised cell has no parallel path:
+    and ``stabilize=False`` gives the cell a [`LinearForm`][rnnjax.types.LinearForm]: ``unroll(...,
+    parallel=True)`` computes every ``(C_t, n_t)`` with an associative scan (depth ``O(log T)``), then ``h_t``
+    from them, the same values as ``apply`` step by step. The stabilised cell has no parallel path:
     its ``m_t`` depends on the carried ``m_0`` through a max, so its update is not of the form
     ``a_t ⊙ carry + b_t`` with ``a_t, b_t`` from the inputs. Without the stabiliser ``f_t <= 1``
     (sigmoid) keeps the memory bounded by ``Σ i_s |v_s| |k_s|``; it overflows float32 only for
@@ -247,13 +247,13 @@ def mlstm(
     path (``stabilize=False``) is in linear space either way.
 
     Default initialisation as in the xLSTM reference code: ``W_q, W_k, W_v, W_o ~ N(0, 2/(5D))``
-    (:func:`small_init`), their biases 0; gate weights ``W_g = 0``, input-gate bias
+    (`small_init`), their biases 0; gate weights ``W_g = 0``, input-gate bias
     ``N(0, 0.1²)``, forget-gate bias ``linspace(3, 6)`` over the heads.
 
     Params: ``w_x [D, 4H]``, ``b [4H]`` fused in the order ``(q, k, v, o)`` (each block
     head-major), ``w_gates [D, 2NH]``, ``b_gates [2NH]`` in the order ``(i, f)``.
     Carry: one array ``[..., S]``, ``S = NH(d² + d + 1)`` (``NH(d² + d)`` with
-    ``stabilize=False``), laid out as ``[C | n | m]``; :func:`mlstm_state` unpacks it.
+    ``stabilize=False``), laid out as ``[C | n | m]``; [`mlstm_state`][rnnjax.mlstm_state] unpacks it.
     Input ``x [..., D]``, output ``h [..., H]``; over a sequence ``[T, B, D] -> [T, B, H]``.
 
     Args:

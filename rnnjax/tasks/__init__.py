@@ -1,18 +1,22 @@
 """Data for recurrent-network experiments; each task documents its no-memory baseline.
 
-* :func:`adding`, :func:`copy_memory` — synthetic long-memory problems (Arjovsky et al. 2016),
-  deterministic given a key; baselines :data:`ADDING_BASELINE_MSE` and :func:`copy_baseline`.
-* :func:`sequential_digits`, :func:`sequential_mnist`, :func:`mnist1d` — sequence
-  classification, time-major ``[T, N, 1]``; baseline :data:`CHANCE_ACCURACY`.
-* :func:`parity`, :func:`modular_counting`, :func:`word_problem` (S3, S5, A5 ...),
-  :func:`listops` — state tracking (Delétang et al. 2023; Merrill et al. 2024; Nangia & Bowman
-  2018); :func:`mqar`, :func:`selective_copy`, :func:`induction_heads`, :func:`flip_flop` — recall
-  (Arora et al. 2023; Gu & Dao 2023; Olsson et al. 2022; Liu et al. 2023). Each returns token ids
-  ``[T, B]``, targets ``[T, B]`` and the mask of scored steps (:func:`listops`: padded tokens,
-  values and lengths, host-side; :func:`listops_task` the common form), with a ``*_baseline``: the
-  accuracy of the best predictor without memory. :data:`TASKS` registers them (vocabulary, classes,
-  baseline, solved threshold, training length); :func:`held_out` draws a fixed held-out set.
-* :func:`batch_indices` — mini-batch indices as a pure function of ``(key, step)``.
+* [`adding`][rnnjax.tasks.adding], [`copy_memory`][rnnjax.tasks.copy_memory] — synthetic long-memory problems
+  (Arjovsky et al. 2016), deterministic given a key; baselines
+  [`ADDING_BASELINE_MSE`][rnnjax.tasks.ADDING_BASELINE_MSE] and [`copy_baseline`][rnnjax.tasks.copy_baseline].
+* [`sequential_digits`][rnnjax.tasks.sequential_digits], [`sequential_mnist`][rnnjax.tasks.sequential_mnist],
+  [`mnist1d`][rnnjax.tasks.mnist1d] — sequence classification, time-major ``[T, N, 1]``; baseline
+  [`CHANCE_ACCURACY`][rnnjax.tasks.CHANCE_ACCURACY].
+* [`parity`][rnnjax.tasks.parity], [`modular_counting`][rnnjax.tasks.modular_counting],
+  [`word_problem`][rnnjax.tasks.word_problem] (S3, S5, A5 ...), [`listops`][rnnjax.tasks.listops] — state
+  tracking (Delétang et al. 2023; Merrill et al. 2024; Nangia & Bowman 2018); [`mqar`][rnnjax.tasks.mqar],
+  [`selective_copy`][rnnjax.tasks.selective_copy], [`induction_heads`][rnnjax.tasks.induction_heads],
+  [`flip_flop`][rnnjax.tasks.flip_flop] — recall (Arora et al. 2023; Gu & Dao 2023; Olsson et al. 2022; Liu et
+  al. 2023). Each returns token ids ``[T, B]``, targets ``[T, B]`` and the mask of scored steps
+  ([`listops`][rnnjax.tasks.listops]: padded tokens, values and lengths, host-side;
+  [`listops_task`][rnnjax.tasks.listops_task] the common form), with a ``*_baseline``: the accuracy of the
+  best predictor without memory. [`TASKS`][rnnjax.tasks.TASKS] registers them (vocabulary, classes, baseline,
+  solved threshold, training length); [`held_out`][rnnjax.tasks.held_out] draws a fixed held-out set.
+* [`batch_indices`][rnnjax.tasks.batch_indices] — mini-batch indices as a pure function of ``(key, step)``.
 """
 
 from rnnjax.tasks.batching import batch_indices

@@ -1,4 +1,4 @@
-"""Argument checks shared by the task generators (private): those of :mod:`rnnjax._checks`."""
+"""Argument checks shared by the task generators (private): those of `rnnjax._checks`."""
 
 from rnnjax._checks import check_int, check_key
 

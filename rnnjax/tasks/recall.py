@@ -25,19 +25,22 @@ from rnnjax.tasks._common import check_int, check_key
 from rnnjax.types import Array, PRNGKey
 
 MQAR_BLANK = 0
-"""Token of the non-query steps after the key-value context of :func:`mqar`."""
+"""Token of the non-query steps after the key-value context of [`mqar`][rnnjax.tasks.recall.mqar]."""
 
 FLIP_FLOP_WRITE = 2
-"""Token of the write instruction of :func:`flip_flop` (the bits are the tokens ``0`` and ``1``)."""
+"""Token of the write instruction of [`flip_flop`][rnnjax.tasks.recall.flip_flop] (the bits are the tokens
+``0`` and ``1``)."""
 FLIP_FLOP_READ = 3
-"""Token of the read instruction of :func:`flip_flop`."""
+"""Token of the read instruction of [`flip_flop`][rnnjax.tasks.recall.flip_flop]."""
 FLIP_FLOP_IGNORE = 4
-"""Token of the ignore instruction of :func:`flip_flop`."""
+"""Token of the ignore instruction of [`flip_flop`][rnnjax.tasks.recall.flip_flop]."""
 FLIP_FLOP_VOCAB = 5
-"""Input vocabulary size of :func:`flip_flop`: the bits ``0``/``1``, write, read, ignore."""
+"""Input vocabulary size of [`flip_flop`][rnnjax.tasks.recall.flip_flop]: the bits ``0``/``1``, write, read,
+ignore."""
 
 FLIP_FLOP_BASELINE = 0.5
-"""Memoryless accuracy on :func:`flip_flop`: the read instruction says nothing about the bit."""
+"""Memoryless accuracy on [`flip_flop`][rnnjax.tasks.recall.flip_flop]: the read instruction says nothing
+about the bit."""
 
 FLIP_FLOP_SPARSE = 0.98
 """``p_ignore`` of Liu et al.'s sparse test split (training uses ``0.8``)."""
@@ -80,10 +83,11 @@ def mqar(key: PRNGKey, batch: int, length: int, *, num_pairs: int = 8, vocab_siz
     distinct within a sequence, drawn from ``1 .. vocab_size//2 - 1``; values drawn uniformly (with
     replacement) from the other half ``vocab_size//2 .. vocab_size - 1``. The remaining
     ``length - 2K`` steps hold ``Q = num_queries`` queries, distinct keys of the context in random
-    order at distinct uniformly random steps, and :data:`MQAR_BLANK` elsewhere. At a query step the
-    target is the value paired with that key: ``targets[t] = v_j`` where ``inputs[t] = k_j``;
+    order at distinct uniformly random steps, and [`MQAR_BLANK`][rnnjax.tasks.recall.MQAR_BLANK] elsewhere. At
+    a query step the target is the value paired with that key: ``targets[t] = v_j`` where ``inputs[t] = k_j``;
     every other step is masked. (Zoology places queries with a power-law gap; here they are
-    uniform.) Baseline: :func:`mqar_baseline` ``= 1 / (vocab_size - vocab_size//2)``.
+    uniform.) Baseline: [`mqar_baseline`][rnnjax.tasks.recall.mqar_baseline] ``= 1 / (vocab_size -
+    vocab_size//2)``.
 
     Reference: Arora, Eyuboglu, Timalsina, Johnson, Poli, Zou, Rudra & Ré, "Zoology: Measuring and
     Improving Recall in Efficient Language Models", ICLR 2024 (arXiv 2312.04927, 2023).
@@ -128,8 +132,8 @@ def _mqar(key: PRNGKey, B: int, T: int, K: int, V: int, Q: int) -> tuple[Array, 
 
 
 def mqar_baseline(vocab_size: int = 64) -> float:
-    """Memoryless accuracy on :func:`mqar`: a query's value is uniform over the value half,
-    ``1 / (vocab_size - vocab_size//2)``, whatever the key and step."""
+    """Memoryless accuracy on [`mqar`][rnnjax.tasks.recall.mqar]: a query's value is uniform over the value
+    half, ``1 / (vocab_size - vocab_size//2)``, whatever the key and step."""
     V = check_int("vocab_size", vocab_size, minimum=4)
     return 1.0 / (V - V // 2)
 
@@ -143,8 +147,9 @@ def selective_copy(key: PRNGKey, batch: int, length: int, *, num_tokens: int = 1
     ``C = length - K - 1`` steps hold ``K = num_tokens`` symbols, drawn uniformly, at distinct
     uniformly random steps (blank elsewhere); step ``C`` is the delimiter; the last ``K`` steps are
     blank inputs whose targets are the K symbols in their order of appearance (only those are
-    scored). Unlike the copy task (:func:`copy_memory`), the spacing varies, so a fixed delay
-    line cannot solve it. Baseline: :func:`selective_copy_baseline` ``= 1/S``.
+    scored). Unlike the copy task ([`copy_memory`][rnnjax.tasks.copy_memory]), the spacing varies, so a fixed
+    delay line cannot solve it. Baseline:
+    [`selective_copy_baseline`][rnnjax.tasks.recall.selective_copy_baseline] ``= 1/S``.
 
     Reference: Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces",
     COLM 2024 (arXiv 2312.00752, 2023), section 3.1 and appendix E.1.
@@ -182,8 +187,8 @@ def _selective_copy(key: PRNGKey, B: int, T: int, K: int, S: int) -> tuple[Array
 
 
 def selective_copy_baseline(num_symbols: int = 16) -> float:
-    """Memoryless accuracy on :func:`selective_copy`: the answer steps' inputs are blank and the
-    symbols uniform, ``1 / num_symbols``."""
+    """Memoryless accuracy on [`selective_copy`][rnnjax.tasks.recall.selective_copy]: the answer steps' inputs
+    are blank and the symbols uniform, ``1 / num_symbols``."""
     return 1.0 / check_int("num_symbols", num_symbols)
 
 
@@ -195,7 +200,7 @@ def induction_heads(key: PRNGKey, batch: int, length: int, *,
     appears once at a uniformly random step ``p`` in ``0..T-3``, followed by a token ``b`` drawn
     uniformly; the last step is the special token again. Only the last step is scored, with
     target ``b``: after "special", predict what followed it before. Baseline:
-    :func:`induction_heads_baseline` ``= 1/V``.
+    [`induction_heads_baseline`][rnnjax.tasks.recall.induction_heads_baseline] ``= 1/V``.
 
     Reference: Olsson, Elhage, Nanda, Joseph, DasSarma, Henighan, Mann, Askell, Bai, Chen et al.,
     "In-context Learning and Induction Heads", Transformer Circuits Thread, 2022.
@@ -231,8 +236,8 @@ def _induction_heads(key: PRNGKey, B: int, T: int, V: int) -> tuple[Array, Array
 
 
 def induction_heads_baseline(vocab_size: int = 16) -> float:
-    """Memoryless accuracy on :func:`induction_heads`: the last input is always the special token
-    and ``b`` is uniform, ``1 / vocab_size``."""
+    """Memoryless accuracy on [`induction_heads`][rnnjax.tasks.recall.induction_heads]: the last input is
+    always the special token and ``b`` is uniform, ``1 / vocab_size``."""
     return 1.0 / check_int("vocab_size", vocab_size)
 
 
@@ -243,12 +248,14 @@ def flip_flop(key: PRNGKey, batch: int, length: int, *,
     A sequence of ``length / 2`` instruction-bit pairs. The first instruction is write, the last
     read; every other one is ignore with probability ``p_ignore``, else write or read with
     probability ``(1 - p_ignore)/2`` each. The bit after write or ignore is uniform; the bit
-    after read is the bit of the last write. Tokens: :data:`FLIP_FLOP_WRITE`,
-    :data:`FLIP_FLOP_READ`, :data:`FLIP_FLOP_IGNORE`, the bits ``0``/``1``. As in the paper, only
-    the deterministic bits are scored: at the step whose input is a read instruction, the target is
-    the next token, the last written bit. Liu et al. train at ``p_ignore = 0.8`` and test also at
-    :data:`FLIP_FLOP_SPARSE` ``= 0.98`` and :data:`FLIP_FLOP_DENSE` ``= 0.1``. Baseline:
-    :data:`FLIP_FLOP_BASELINE` ``= 0.5``.
+    after read is the bit of the last write. Tokens: [`FLIP_FLOP_WRITE`][rnnjax.tasks.recall.FLIP_FLOP_WRITE],
+    [`FLIP_FLOP_READ`][rnnjax.tasks.recall.FLIP_FLOP_READ],
+    [`FLIP_FLOP_IGNORE`][rnnjax.tasks.recall.FLIP_FLOP_IGNORE], the bits ``0``/``1``. As in the paper, only
+    the deterministic bits are scored: at the step whose input is a read instruction, the target is the next
+    token, the last written bit. Liu et al. train at ``p_ignore = 0.8`` and test also at
+    [`FLIP_FLOP_SPARSE`][rnnjax.tasks.recall.FLIP_FLOP_SPARSE] ``= 0.98`` and
+    [`FLIP_FLOP_DENSE`][rnnjax.tasks.recall.FLIP_FLOP_DENSE] ``= 0.1``. Baseline:
+    [`FLIP_FLOP_BASELINE`][rnnjax.tasks.recall.FLIP_FLOP_BASELINE] ``= 0.5``.
 
     Reference: Liu, Ash, Goel, Krishnamurthy & Zhang, "Exposing Attention Glitches with Flip-Flop
     Language Modeling", NeurIPS 2023.

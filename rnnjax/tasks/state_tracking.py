@@ -1,17 +1,17 @@
 """State-tracking tasks (parity, modular counting, group word problems, ListOps) and the registry
 of the state-tracking and recall tasks.
 
-The generators follow the conventions of :mod:`rnnjax.tasks.recall`: a pure function of an
+The generators follow the conventions of `rnnjax.tasks.recall`: a pure function of an
 explicit key, a batch size and a sequence length, on the device with ``jax.numpy`` (jit-able with
 ``batch``, ``length`` and the task arguments static), returning int32 token ids ``inputs [T, B]``,
 int32 ``targets [T, B]`` and a bool ``mask [T, B]`` of the scored steps, with ``T = length``.
-:func:`listops` is the exception: its trees are recursive, so it is generated on the host with
-NumPy from an int seed.
+[`listops`][rnnjax.tasks.state_tracking.listops] is the exception: its trees are recursive, so it is generated
+on the host with NumPy from an int seed.
 
 Each task documents the accuracy of the best predictor *without memory* (one that sees the
-current input and the step index, never the past). :data:`TASKS` names every task with its
-vocabulary, classes, baseline, solved threshold and training length; :func:`held_out` draws a
-fixed held-out set of any of them.
+current input and the step index, never the past). [`TASKS`][rnnjax.tasks.state_tracking.TASKS] names every
+task with its vocabulary, classes, baseline, solved threshold and training length;
+[`held_out`][rnnjax.tasks.state_tracking.held_out] draws a fixed held-out set of any of them.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ from rnnjax.tasks.recall import (
 from rnnjax.types import Array, PRNGKey
 
 GROUPS = ("S3", "S4", "S5", "A4", "A5")
-"""Permutation groups of :func:`word_problem`: symmetric groups S3-S5, alternating groups A4, A5."""
+"""Permutation groups of [`word_problem`][rnnjax.tasks.state_tracking.word_problem]: symmetric groups S3-S5,
+alternating groups A4, A5."""
 
 SOLVED_ACCURACY = 0.9
 """Accuracy at which Delétang et al. (2023) count a task as solved."""
@@ -81,7 +82,8 @@ def modular_counting(key: PRNGKey, batch: int, length: int, *, modulus: int = 5,
     ``x_t`` uniform over ``0..m-1``; ``y_t = (x_1 + ... + x_t) mod m`` (the word problem on the
     cyclic group Z_m; ``m = 2`` is parity). ``running=True`` scores every step, ``False`` only the
     last (Delétang et al.'s final-answer form). Every label is uniform over ``0..m-1``. Baseline:
-    :func:`modular_counting_baseline`, ``1/m`` at every step but the first (where ``y_1 = x_1``).
+    [`modular_counting_baseline`][rnnjax.tasks.state_tracking.modular_counting_baseline], ``1/m`` at every
+    step but the first (where ``y_1 = x_1``).
 
     Reference: Delétang, Ruoss, Grau-Moya, Genewein, Wenliang, Catt, Cundy, Hutter, Legg, Veness &
     Ortega, "Neural Networks and the Chomsky Hierarchy", ICLR 2023 (the regular tasks parity check
@@ -115,8 +117,9 @@ def _modular_counting(key: PRNGKey, B: int, T: int, m: int, running: bool) -> tu
 
 
 def modular_counting_baseline(length: int, modulus: int = 5, running: bool = True) -> float:
-    """Memoryless accuracy on :func:`modular_counting`: ``(1 + (T-1)/m) / T`` over every step
-    (the first label equals the input), or ``1/m`` at the last step alone (1 when ``T = 1``)."""
+    """Memoryless accuracy on [`modular_counting`][rnnjax.tasks.state_tracking.modular_counting]: ``(1 +
+    (T-1)/m) / T`` over every step (the first label equals the input), or ``1/m`` at the last step alone (1
+    when ``T = 1``)."""
     return _memoryless(check_int("length", length), check_int("modulus", modulus, minimum=2),
                        _check_bool("running", running))
 
@@ -124,9 +127,10 @@ def modular_counting_baseline(length: int, modulus: int = 5, running: bool = Tru
 def parity(key: PRNGKey, batch: int, length: int, *, running: bool = True) -> tuple[Array, Array, Array]:
     """Parity: the XOR of the bits seen so far (Delétang et al. 2023; Grazzi et al. 2025).
 
-    ``x_t`` uniform bits, ``y_t = x_1 xor ... xor x_t``: :func:`modular_counting` with
-    ``modulus=2``. ``running=False`` scores only the last step (Delétang et al.'s parity check).
-    Baseline: :func:`parity_baseline` (``1/2`` at every step but the first).
+    ``x_t`` uniform bits, ``y_t = x_1 xor ... xor x_t``:
+    [`modular_counting`][rnnjax.tasks.state_tracking.modular_counting] with ``modulus=2``. ``running=False``
+    scores only the last step (Delétang et al.'s parity check). Baseline:
+    [`parity_baseline`][rnnjax.tasks.state_tracking.parity_baseline] (``1/2`` at every step but the first).
 
     References: Delétang et al., "Neural Networks and the Chomsky Hierarchy", ICLR 2023; Grazzi,
     Siems, Zela, Franke, Hutter & Pontil, "Unlocking State-Tracking in Linear RNNs Through Negative
@@ -145,7 +149,8 @@ def parity(key: PRNGKey, batch: int, length: int, *, running: bool = True) -> tu
 
 
 def parity_baseline(length: int, running: bool = True) -> float:
-    """Memoryless accuracy on :func:`parity`: ``(1 + (T-1)/2) / T``, or ``1/2`` at the last step."""
+    """Memoryless accuracy on [`parity`][rnnjax.tasks.state_tracking.parity]: ``(1 + (T-1)/2) / T``, or
+    ``1/2`` at the last step."""
     return modular_counting_baseline(length, 2, running)
 
 
@@ -167,14 +172,15 @@ def _group(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def permutation_group(group: str) -> tuple[np.ndarray, np.ndarray]:
-    """The elements and multiplication table of a permutation group named in :data:`GROUPS`.
+    """The elements and multiplication table of a permutation group named in
+    [`GROUPS`][rnnjax.tasks.state_tracking.GROUPS].
 
     Elements are the permutations of ``0..n-1`` (all of them for ``S_n``, the even ones for
     ``A_n``) in lexicographic order, so element ``0`` is the identity. The product is composition,
     ``(a·b)(i) = a(b(i))``: ``table[a, b]`` is the index of ``elements[a][elements[b]]``.
 
     Args:
-      group: one of :data:`GROUPS`.
+      group: one of [`GROUPS`][rnnjax.tasks.state_tracking.GROUPS].
 
     Returns:
       ``(elements [G, n] int64, table [G, G] int32)``, read-only NumPy arrays.
@@ -188,11 +194,13 @@ def word_problem(key: PRNGKey, batch: int, length: int, *, group: str = "S5",
                  running: bool = True) -> tuple[Array, Array, Array]:
     """The word problem of a permutation group: track the running product of random elements.
 
-    ``x_t`` uniform over the group's elements (indices of :func:`permutation_group`),
-    ``y_t = x_1 · x_2 · ... · x_t`` (composition, ``table[y_{t-1}, x_t]``). Each label is uniform
-    over the group. S5 and A5 are not solvable: Merrill et al. prove that no fixed-depth linear
-    state-space model solves their word problem; S3 is the smallest non-abelian group. Baseline:
-    :func:`word_problem_baseline`, ``1/|G|`` at every step but the first.
+    ``x_t`` uniform over the group's elements (indices of
+    [`permutation_group`][rnnjax.tasks.state_tracking.permutation_group]), ``y_t = x_1 · x_2 · ... · x_t``
+    (composition, ``table[y_{t-1}, x_t]``). Each label is uniform over the group. S5 and A5 are not solvable:
+    Merrill et al. prove that no fixed-depth linear state-space model solves their word problem; S3 is the
+    smallest non-abelian group. Baseline:
+    [`word_problem_baseline`][rnnjax.tasks.state_tracking.word_problem_baseline], ``1/|G|`` at every step but
+    the first.
 
     References: Merrill, Petty & Sabharwal, "The Illusion of State in State-Space Models",
     ICML 2024; Grazzi, Siems, Zela, Franke, Hutter & Pontil, "Unlocking State-Tracking in Linear
@@ -202,7 +210,8 @@ def word_problem(key: PRNGKey, batch: int, length: int, *, group: str = "S5",
       key: PRNG key; the same key gives the same batch.
       batch: B >= 1.
       length: T >= 1.
-      group: one of :data:`GROUPS` (``"S3"``, ``"S4"``, ``"S5"``, ``"A4"``, ``"A5"``).
+      group: one of [`GROUPS`][rnnjax.tasks.state_tracking.GROUPS] (``"S3"``, ``"S4"``, ``"S5"``, ``"A4"``,
+        ``"A5"``).
       running: score every step (default) or only the last.
 
     Returns:
@@ -231,8 +240,8 @@ def _word_problem(key: PRNGKey, B: int, T: int, group: str, running: bool) -> tu
 
 
 def word_problem_baseline(length: int, group: str = "S5", running: bool = True) -> float:
-    """Memoryless accuracy on :func:`word_problem`: ``(1 + (T-1)/|G|) / T`` over every step, or
-    ``1/|G|`` at the last step alone."""
+    """Memoryless accuracy on [`word_problem`][rnnjax.tasks.state_tracking.word_problem]: ``(1 + (T-1)/|G|) /
+    T`` over every step, or ``1/|G|`` at the last step alone."""
     size = permutation_group(group)[1].shape[0]
     return _memoryless(check_int("length", length), size, _check_bool("running", running))
 
@@ -242,9 +251,10 @@ LISTOPS_TOKENS = ("<pad>", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9",
 """The ListOps vocabulary: token id -> string (``0`` padding, ``d + 1`` the digit ``d``)."""
 
 LISTOPS_PAD = 0
-"""The padding token of :func:`listops` (after each expression's last token)."""
+"""The padding token of [`listops`][rnnjax.tasks.state_tracking.listops] (after each expression's last
+token)."""
 LISTOPS_VOCAB = len(LISTOPS_TOKENS)
-"""Input vocabulary size of :func:`listops` (16)."""
+"""Input vocabulary size of [`listops`][rnnjax.tasks.state_tracking.listops] (16)."""
 _OPEN, _CLOSE = 11, 15
 
 
@@ -289,10 +299,12 @@ def listops(seed: int, batch: int, max_length: int = 128, *, min_length: int = 1
     ``[MED`` (the median, rounded down for an even count: ``int(np.median)``), ``[SM`` (sum mod
     10). Expressions are drawn until ``min_length <= tokens <= max_length`` (the LRA generator's
     rejection, with its ``p_op = 0.25`` and ``max_args = 5``), then padded with
-    :data:`LISTOPS_PAD` to ``max_length``. Token ids index :data:`LISTOPS_TOKENS`. Generated on the
-    host with NumPy (trees are recursive), so not jit-able; the same seed gives the same batch.
-    The value is read after the last token (step ``lengths - 1``), where the input is always
-    ``]``; baseline: :func:`listops_baseline`, the frequency of the most common value.
+    [`LISTOPS_PAD`][rnnjax.tasks.state_tracking.LISTOPS_PAD] to ``max_length``. Token ids index
+    [`LISTOPS_TOKENS`][rnnjax.tasks.state_tracking.LISTOPS_TOKENS]. Generated on the host with NumPy (trees
+    are recursive), so not jit-able; the same seed gives the same batch. The value is read after the last
+    token (step ``lengths - 1``), where the input is always ``]``; baseline:
+    [`listops_baseline`][rnnjax.tasks.state_tracking.listops_baseline], the frequency of the most common
+    value.
 
     References: Nangia & Bowman, "ListOps: A Diagnostic Dataset for Latent Tree Learning", NAACL
     Student Research Workshop 2018; Tay, Dehghani, Abnar, Shen, Bahri, Pham, Rao, Yang, Ruder &
@@ -352,8 +364,9 @@ def _listops_majority(max_length: int, min_length: int, max_depth: int, max_args
 
 def listops_baseline(max_length: int = 128, *, min_length: int = 1, max_depth: int = 10, max_args: int = 5,
                      p_op: float = 0.25) -> float:
-    """Memoryless accuracy on :func:`listops`: the frequency of the most common value, estimated on
-    2048 expressions of seed 0 (standard error below 0.011); the last input is always ``]``."""
+    """Memoryless accuracy on [`listops`][rnnjax.tasks.state_tracking.listops]: the frequency of the most
+    common value, estimated on 2048 expressions of seed 0 (standard error below 0.011); the last input is
+    always ``]``."""
     listops(0, 1, max_length, min_length=min_length, max_depth=max_depth, max_args=max_args,
             p_op=p_op)  # checks the arguments
     return _listops_majority(max_length, min_length, max_depth, max_args, float(p_op))
@@ -361,7 +374,8 @@ def listops_baseline(max_length: int = 128, *, min_length: int = 1, max_depth: i
 
 def listops_task(key: PRNGKey, batch: int, length: int = 128, *, max_depth: int = 12, p_op: float = 0.3,
                  min_fraction: float = 0.5) -> tuple[Array, Array, Array]:
-    """:func:`listops` in the form of the other tasks: ``(inputs, targets, mask)`` from a key.
+    """[`listops`][rnnjax.tasks.state_tracking.listops] in the form of the other tasks: ``(inputs, targets,
+    mask)`` from a key.
 
     Expressions of ``length * min_fraction`` to ``length`` tokens, so the same task evaluated at
     2x and 4x the length holds longer and deeper expressions. ``p_op = 0.3`` (LRA: 0.25) makes such
@@ -371,11 +385,11 @@ def listops_task(key: PRNGKey, batch: int, length: int = 128, *, max_depth: int 
     follows it). Host-side: the key must be concrete (not traced).
 
     Args:
-      key: PRNG key; the seed of :func:`listops` is drawn from it.
+      key: PRNG key; the seed of [`listops`][rnnjax.tasks.state_tracking.listops] is drawn from it.
       batch: B >= 1.
       length: T >= 4.
       max_depth: >= 1.
-      p_op: in [0, 1), as in :func:`listops`.
+      p_op: in [0, 1), as in [`listops`][rnnjax.tasks.state_tracking.listops].
       min_fraction: in [0, 1]: the shortest expression kept is ``max(1, int(length * min_fraction))``.
 
     Returns:
@@ -392,7 +406,7 @@ def listops_task(key: PRNGKey, batch: int, length: int = 128, *, max_depth: int 
 
 
 class TaskSpec(NamedTuple):
-    """A task of :data:`TASKS`, for a benchmark to train and evaluate on.
+    """A task of [`TASKS`][rnnjax.tasks.state_tracking.TASKS], for a benchmark to train and evaluate on.
 
     Attributes:
       generate: ``generate(key, batch, length) -> (inputs [T, B] int32, targets [T, B] int32,
@@ -473,14 +487,16 @@ TASKS: dict[str, TaskSpec] = {
 }
 """The state-tracking and recall tasks by name, for a benchmark registry to wrap.
 
-Solved thresholds: accuracy >= :data:`SOLVED_ACCURACY` (0.9, Delétang et al.'s criterion) for the
-state-tracking tasks and ListOps; >= 0.99 (near-perfect recall) for MQAR, selective copying and
-induction heads; 1.0 (no error, Liu et al.'s criterion) for flip-flop, whose ``flip_flop_sparse``
-and ``flip_flop_dense`` entries are the paper's test splits of the ``flip_flop`` training task.
+Solved thresholds: accuracy >= [`SOLVED_ACCURACY`][rnnjax.tasks.state_tracking.SOLVED_ACCURACY] (0.9, Delétang
+et al.'s criterion) for the state-tracking tasks and ListOps; >= 0.99 (near-perfect recall) for MQAR,
+selective copying and induction heads; 1.0 (no error, Liu et al.'s criterion) for flip-flop, whose
+``flip_flop_sparse`` and ``flip_flop_dense`` entries are the paper's test splits of the ``flip_flop`` training
+task.
 """
 
 HELD_OUT_FOLD = 0x5EED
-""":func:`held_out` draws with ``jax.random.fold_in(key, HELD_OUT_FOLD)``."""
+"""[`held_out`][rnnjax.tasks.state_tracking.held_out] draws with ``jax.random.fold_in(key,
+HELD_OUT_FOLD)``."""
 
 
 def held_out(name: str, key: PRNGKey, n: int, length: int | None = None) -> tuple[Array, Array, Array]:
@@ -490,7 +506,8 @@ def held_out(name: str, key: PRNGKey, n: int, length: int | None = None) -> tupl
     held-out set never coincides with a training batch drawn with the same key.
 
     Args:
-      name: a key of :data:`TASKS` (e.g. ``"flip_flop_sparse"`` for Liu et al.'s sparse test split).
+      name: a key of [`TASKS`][rnnjax.tasks.state_tracking.TASKS] (e.g. ``"flip_flop_sparse"`` for Liu et
+        al.'s sparse test split).
       key: PRNG key.
       n: number of sequences >= 1.
       length: T >= the task's minimum; default the task's training length (use 2x and 4x it for

@@ -16,8 +16,8 @@ from rnnjax.tasks._common import check_int, check_key
 from rnnjax.types import Array, PRNGKey
 
 ADDING_BASELINE_MSE = 1.0 / 6.0
-"""MSE of the best constant predictor (``1.0``) on :func:`adding`: the variance of ``U+V``, two
-independent ``U[0, 1]`` values, is ``2 · 1/12 = 1/6``. A model beats it only by remembering."""
+"""MSE of the best constant predictor (``1.0``) on [`adding`][rnnjax.tasks.synthetic.adding]: the variance of
+``U+V``, two independent ``U[0, 1]`` values, is ``2 · 1/12 = 1/6``. A model beats it only by remembering."""
 
 COPY_NUM_SYMBOLS = 8
 COPY_LENGTH = 10
@@ -32,7 +32,8 @@ def adding(key: PRNGKey, batch: int, T: int) -> tuple[Array, Array]:
     Channel 0 of ``xs`` holds values ``U[0, 1]``; channel 1 is a marker, ``1`` at exactly two
     steps: one drawn uniformly in the first half ``[0, T//2)`` and one in the second half
     ``[T//2, T)``, ``0`` elsewhere. The target is the sum of the two marked values.
-    Baseline: predicting ``1.0`` has MSE :data:`ADDING_BASELINE_MSE` ``= 1/6``.
+    Baseline: predicting ``1.0`` has MSE [`ADDING_BASELINE_MSE`][rnnjax.tasks.synthetic.ADDING_BASELINE_MSE]
+      ``= 1/6``.
 
     Args:
       key: PRNG key; the same key gives the same batch.
@@ -58,7 +59,7 @@ def adding(key: PRNGKey, batch: int, T: int) -> tuple[Array, Array]:
 
 
 def adding_baseline() -> float:
-    """MSE of the constant predictor ``1.0`` on :func:`adding` (``1/6``)."""
+    """MSE of the constant predictor ``1.0`` on [`adding`][rnnjax.tasks.synthetic.adding] (``1/6``)."""
     return ADDING_BASELINE_MSE
 
 
@@ -69,7 +70,7 @@ def copy_memory(key: PRNGKey, batch: int, T: int, *, one_hot: bool = True) -> tu
     ``T + 20``: 10 symbols drawn uniformly from ``1..8``, then ``T - 1`` blanks, the delimiter
     (at step ``T + 9``), then 10 blanks. The target is blank for the first ``T + 10`` steps and the
     10 symbols, in order, on the last 10 steps: the model must recall them ``T`` steps later.
-    Baseline: :func:`copy_baseline`.
+    Baseline: [`copy_baseline`][rnnjax.tasks.synthetic.copy_baseline].
 
     Args:
       key: PRNG key; the same key gives the same batch.
@@ -102,8 +103,9 @@ def copy_memory(key: PRNGKey, batch: int, T: int, *, one_hot: bool = True) -> tu
 
 def copy_baseline(T: int) -> float:
     """Cross-entropy (nats per step, averaged over all ``T + 20`` steps) of the best memoryless
-    predictor on :func:`copy_memory`: blank with probability 1 on the first ``T + 10`` steps (loss 0)
-    and uniform over the 8 symbols on the last 10 (loss ``log 8`` each): ``10 log 8 / (T + 20)``.
+    predictor on [`copy_memory`][rnnjax.tasks.synthetic.copy_memory]: blank with probability 1 on the first
+    ``T + 10`` steps (loss 0) and uniform over the 8 symbols on the last 10 (loss ``log 8`` each): ``10 log 8
+    / (T + 20)``.
     """
     T = check_int("T", T)
     return COPY_LENGTH * math.log(COPY_NUM_SYMBOLS) / (T + 20)
