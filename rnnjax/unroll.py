@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax._block_scan import block_carries
+from rnnjax.cells.fused import check_backend
 from rnnjax.types import (
     Array,
     BlockLinearRecurrence,
@@ -56,9 +57,9 @@ def check_lengths(lengths: Any, T: int, batch_shape: tuple[int, ...]) -> Array:
 
 
 def _lengths_and_bad(lengths: Any, T: int, batch_shape: tuple[int, ...]) -> tuple[Array, Array | None]:
-    """``(lengths, bad)``: concrete lengths outside ``[0, T]`` raise (:func:`check_lengths`);
+    """``(lengths, bad)``: concrete lengths outside ``[0, T]`` raise (`check_lengths`);
     traced ones cannot, so they are clipped into ``[0, T]`` and ``bad`` (bool, the batch shape)
-    marks the out-of-range ones, whose outputs and carries :func:`_poison` turns into NaN. ``bad``
+    marks the out-of-range ones, whose outputs and carries `_poison` turns into NaN. ``bad``
     is None for concrete lengths."""
     lengths = check_lengths(lengths, T, batch_shape)
     if not isinstance(lengths, jax.core.Tracer):
@@ -229,7 +230,7 @@ def _check_params(cell: Cell, params: Params, input_size: int) -> None:
 
     The expected structure and shapes are those of ``cell.init(key, input_size)`` (or, for a cell
     with a ``prepare`` hook, of ``prepare`` of them); missing and extra entries are errors too.
-    Dtypes may differ in precision (see :func:`_param_dtype`), not in kind.
+    Dtypes may differ in precision (see `_param_dtype`), not in kind.
     """
     raw, prepared = _expected_params(cell, input_size)
     if raw is None:
@@ -382,7 +383,7 @@ def _parallel_unroll(cell: Cell, params: Params, xs: Array, carry: Array, revers
     ``resets [T, ...]`` (bool, in the time order of ``xs``, already shifted for ``reverse`` by
     ``unroll``): where true, that step starts from ``carry`` (``a_t = 0``, ``b_t + a_t carry``).
     ``history=True`` also returns ``after [T, ...]``: the carry the sequential scan holds after
-    the step at ``xs[t]`` (see :func:`sequential`), in the time order of ``xs``.
+    the step at ``xs[t]`` (see `sequential`), in the time order of ``xs``.
     """
     T = xs.shape[0]
     idx = None
@@ -481,15 +482,25 @@ def _step(cell: Cell, params: Params, c0: Carry):
     return step
 
 
-def sequential(cell: Cell, params: Params, *, reverse: bool, unroll: int | bool, remat: bool):
+def _native_needs(cell: Cell, why: str) -> ValueError:
+    return ValueError(f"backend='native' (the native LSTM / GRU sequence kernel) needs {why}, which "
+                      f"this call (a {_cell_name(cell)!r} cell) does not meet. Use backend='auto' or "
+                      f"'xla'.")
+
+
+def sequential(cell: Cell, params: Params, *, reverse: bool, unroll: int | bool, remat: bool,
+               backend: str = "auto"):
     """``run(carry, xs, mask, resets=None, reset_carry=None, history=False) -> (carry, ys)``.
 
     The cell's fused path, or a ``lax.scan`` of ``apply``. ``mask [T, ...]``: False = padded step
     (carry kept, output zero). ``resets [T, ...]``: True = the carry entering that step (in the
     order the scan runs) is ``reset_carry`` (``carry`` if None). ``history=True`` returns
     ``(carry, ys, after)`` with ``after [T, ...]`` the carry after the step at ``xs[t]`` (time
-    order of ``xs``; a padded step's is the carry it was given).
+    order of ``xs``; a padded step's is the carry it was given). ``backend`` is passed to a fused
+    path that takes it (see ``rnnjax.cells.fused.BACKENDS``); ``"native"`` for a cell without one
+    raises a ``ValueError``.
     """
+    check_backend(backend)
 
     def scan_run(c, xs, mask, resets=None, reset_carry=None, history=False):
         step = _step(cell, params, c if reset_carry is None else reset_carry)
@@ -503,16 +514,23 @@ def sequential(cell: Cell, params: Params, *, reverse: bool, unroll: int | bool,
         c, out = jax.lax.scan(body, c, (xs, mask, resets), reverse=reverse, unroll=unroll)
         return (c, *out) if history else (c, out)
 
+    takes_backend = cell.sequence is not None and _accepts(cell.sequence, "backend")
+    if backend == "native" and not takes_backend:
+        raise _native_needs(cell, "rnnjax.lstm without peepholes or rnnjax.gru with the tanh candidate")
+    if backend == "native" and remat:
+        raise _native_needs(cell, "remat=False (it saves its own activations; use remat_chunk)")
     if cell.sequence is None or remat:
         return scan_run
     sequence = cell.sequence
 
     def fused_run(c, xs, mask, resets=None, reset_carry=None, history=False):
         kw = {}
+        if takes_backend:
+            kw["backend"] = backend
         if resets is not None:
             if not _accepts(sequence, "resets"):
                 return scan_run(c, xs, mask, resets, reset_carry, history)
-            kw = dict(resets=resets, reset_carry=reset_carry)
+            kw.update(resets=resets, reset_carry=reset_carry)
         if history:
             if not _accepts(sequence, "return_carries"):  # a hook without it: plain scan
                 return scan_run(c, xs, mask, resets, reset_carry, history)
@@ -560,7 +578,8 @@ def _chunked(run, carry, xs, mask, k: int, reverse: bool, batch_shape: tuple[int
 
 
 class _Setup(NamedTuple):
-    """What :func:`unroll` and :func:`unroll_reduce` share after checking their arguments."""
+    """What [`unroll`][rnnjax.unroll.unroll] and [`unroll_reduce`][rnnjax.unroll.unroll_reduce] share after
+    checking their arguments."""
     params: Params       # prepared (``cell.prepare``) when the cell has the hook
     carry: Carry         # the initial carry
     dtype: Any           # the computation dtype (params' floating dtype) or None
@@ -572,7 +591,8 @@ class _Setup(NamedTuple):
 def _setup(cell: Cell, params: Params, T: int, batch_shape: tuple[int, ...], input_size: int,
            carry: Carry | None, lengths: Any, resets: Any, reverse: bool, time_major: bool,
            prepare: bool = True) -> _Setup:
-    """The argument checks of :func:`unroll` and :func:`unroll_reduce`, in one place."""
+    """The argument checks of [`unroll`][rnnjax.unroll.unroll] and
+    [`unroll_reduce`][rnnjax.unroll.unroll_reduce], in one place."""
     if not isinstance(cell, Cell):
         raise TypeError(f"cell must be an rnnjax.Cell, got {type(cell).__name__}")
     _check_params(cell, params, input_size)
@@ -624,6 +644,7 @@ def unroll(
     remat_chunk: int | str | None = None,
     parallel: bool | None = None,
     return_carries: bool = False,
+    backend: str = "auto",
 ) -> tuple[Carry, Array]:
     """Run ``cell`` over the time axis of ``xs`` with ``jax.lax.scan``.
 
@@ -631,7 +652,7 @@ def unroll(
     produced on consuming ``xs[t]`` (also with ``reverse=True``).
 
     Args:
-      cell: a :class:`rnnjax.Cell`.
+      cell: a [`rnnjax.Cell`][rnnjax.flax.Cell].
       params: the cell's params. They are checked once (at trace time, from the shapes of
         ``cell.init(key, D)``): params that do not fit the cell, missing or extra entries raise a
         ``ValueError`` naming the parameter and the expected and found shapes.
@@ -689,6 +710,18 @@ def unroll(
         the next step starts from. Same values and gradients on every path; the cost is
         ``T + 1`` carries stored (``(T + 1) * B * 2H`` numbers for an LSTM), also under
         ``remat_chunk``.
+      backend: which implementation runs the fused sequence of ``rnnjax.lstm`` (no peepholes)
+        and ``rnnjax.gru`` (tanh candidate): ``"xla"`` (the ``lax.scan`` paths, any device and
+        dtype), ``"native"`` (the C++ CPU kernel of ``rnnjax._native``: the recurrence, the
+        recurrent OpenBLAS GEMMs and the gates fused, with its own backward pass; float32 on the
+        CPU, with every option above; deterministic) or ``"auto"`` (today ``"xla"``: measured
+        on a 2-core AVX2 EPYC, the native kernel trains GRUs up to 1.4x faster but LSTMs up to
+        1.3x slower and runs every forward pass 1.3-3x slower, see
+        ``benchmarks/results/speed-native``; ``"auto"`` will choose it where it wins once it
+        does). The same function either way (to float rounding). ``"native"`` raises a
+        ``ValueError`` naming the reason where it cannot run (not built, not the CPU, not
+        float32, another cell, ``remat=True``, ``parallel=True``); another value raises a
+        ``ValueError``. Other cells ignore ``"auto"`` and ``"xla"``.
 
     Dtypes: a cell computes in its params' dtype (all floating params must share one dtype).
     Floating ``xs`` of another dtype are cast to it (float16 inputs with float32 params compute
@@ -709,6 +742,7 @@ def unroll(
         xs = jnp.moveaxis(xs, -2, 0)
     if parallel is not None and not isinstance(parallel, bool):
         raise TypeError(f"parallel must be True, False or None, got {parallel!r}")
+    check_backend(backend)
     s = _setup(cell, params, T, batch_shape, xs.shape[-1], carry, lengths, resets, reverse,
                time_major, prepare=False)
     xs, carry, lengths, resets = _cast(xs, s.dtype), s.carry, s.lengths, s.resets
@@ -722,6 +756,8 @@ def unroll(
                          "chunks (use remat=True to checkpoint the whole associative scan)")
     if parallel is None:  # asking for chunked remat asks for the sequential path
         parallel = remat_chunk is None and _auto_parallel(cell, T)
+    if parallel and backend == "native":
+        raise _native_needs(cell, "the sequential path (parallel=False)")
     if cell.prepare is not None:
         params = cell.prepare(params)
     history = bool(return_carries)
@@ -744,7 +780,7 @@ def unroll(
             run = jax.checkpoint(run)
         out = run(params, xs, jnp.asarray(carry))
     else:
-        run = sequential(cell, params, reverse=reverse, unroll=unroll, remat=remat)
+        run = sequential(cell, params, reverse=reverse, unroll=unroll, remat=remat, backend=backend)
         if remat_chunk is None or T == 0:
             out = run(carry, xs, mask, resets, None, history)
         else:
@@ -762,7 +798,7 @@ def unroll(
 
 
 def _stream(inputs: Any, length: Any):
-    """``(T, batch_shape, D, at, chunk)`` for :func:`unroll_reduce`'s ``inputs``.
+    """``(T, batch_shape, D, at, chunk)`` for [`unroll_reduce`][rnnjax.unroll.unroll_reduce]'s ``inputs``.
 
     ``at(t)`` is ``x_t`` (``[..., D]``) and ``chunk(start, size)`` the ``[size, ..., D]`` steps from
     ``start``; for a function ``t -> x_t`` both evaluate it (nothing of size ``T`` exists).
@@ -804,6 +840,7 @@ def unroll_reduce(
     resets: Array | None = None,
     remat: bool = False,
     remat_chunk: int | str | None = None,
+    backend: str = "auto",
 ) -> tuple[Carry, Any]:
     """Run ``cell`` over a sequence folding each output into an accumulator: nothing of size ``T``.
 
@@ -816,8 +853,8 @@ def unroll_reduce(
     LSTM over a million steps in well under 2 GiB (``benchmarks/long_memory.py``).
 
     Args:
-      cell: a :class:`rnnjax.Cell`.
-      params: the cell's params (checked as by :func:`unroll`).
+      cell: a [`rnnjax.Cell`][rnnjax.flax.Cell].
+      params: the cell's params (checked as by [`unroll`][rnnjax.unroll.unroll]).
       inputs: time-major inputs ``[T, ..., D]``, or a function ``t -> x_t`` (``t`` an int32
         scalar, possibly traced; ``x_t`` of shape ``[..., D]``) evaluated inside the scan; then
         ``length=T`` is required.
@@ -827,16 +864,22 @@ def unroll_reduce(
         (``T - 1, ..., 0`` with ``reverse=True``); ``acc`` keeps its structure, shapes and dtypes.
       init: the initial ``acc`` (any pytree of arrays).
       length: the number of steps ``T`` when ``inputs`` is a function.
-      carry, reverse, lengths, resets, remat: as in :func:`unroll` (time-major ``resets [T, ...]``;
-        traced ``lengths`` outside ``[0, T]`` make that sequence's ``y_t`` and final carry NaN).
-      remat_chunk: as in :func:`unroll` (``k`` or ``"sqrt"``). Each chunk evaluates its ``k``
-        inputs, runs the cell's fastest sequential path (the fused LSTM/GRU when it has one) and
+      carry, reverse, lengths, resets, remat: as in [`unroll`][rnnjax.unroll.unroll] (time-major ``resets [T,
+        ...]``; traced ``lengths`` outside ``[0, T]`` make that sequence's ``y_t`` and final carry NaN).
+      remat_chunk: as in [`unroll`][rnnjax.unroll.unroll] (``k`` or ``"sqrt"``). Each chunk evaluates its
+        ``k`` inputs, runs the cell's fastest sequential path (the fused LSTM/GRU when it has one) and
         folds its ``k`` outputs; a last, shorter chunk takes the remainder of ``T`` (no padding).
+      backend: as in `unroll` (``"auto"``, ``"xla"`` or ``"native"``), for the chunks of
+        ``remat_chunk``: without ``remat_chunk`` every step is folded as it is made and no
+        sequence kernel runs, so ``"native"`` then raises a ``ValueError``.
 
     Returns:
       ``(final_carry, acc)``.
     """
     T, batch_shape, D, at, chunk = _stream(inputs, length)
+    check_backend(backend)
+    if backend == "native" and remat_chunk is None:
+        raise _native_needs(cell, "remat_chunk (unroll_reduce folds step by step without it)")
     if not callable(reduce_fn):
         raise TypeError(f"reduce_fn must be a function (acc, t, y_t) -> acc, got "
                         f"{type(reduce_fn).__name__}")
@@ -870,7 +913,7 @@ def unroll_reduce(
         return _poison(s.bad, c), acc
 
     k = _check_chunk(remat_chunk, T)
-    run = sequential(cell, params, reverse=reverse, unroll=1, remat=remat)
+    run = sequential(cell, params, reverse=reverse, unroll=1, remat=remat, backend=backend)
 
     def run_chunk(state, start, size):
         c, acc = state

@@ -5,7 +5,7 @@ cell allows it (no peepholes; tanh candidate). They compute the same function wi
 
 - the input projection ``x_t W_x`` either inside each step, in one ``[B, D+H] x [D+H, nH]`` matmul
   with the recurrent one (``project="step"``), or for all steps at once before the scan, one
-  ``[T*B, D] x [D, nH]`` matmul (``"hoisted"``, the cuDNN arrangement); see :data:`PROJECTIONS`;
+  ``[T*B, D] x [D, nH]`` matmul (``"hoisted"``, the cuDNN arrangement); see `PROJECTIONS`;
 - the sigmoid gates are evaluated through tanh, ``σ(z) = (1 + tanh(z/2)) / 2``, with the ``1/2``
   folded into the weights once per sequence, so one ``tanh`` covers all gates of a step;
 - a custom VJP: every factor of the backward pass that does not depend on the incoming gradient
@@ -53,7 +53,7 @@ def _reset(r, carry0, h):
 
 
 def _take_reset(r, acc, d):
-    """Backward of :func:`_reset`: add ``d`` at reset rows to ``acc``, pass zero there to ``h``."""
+    """Backward of `_reset`: add ``d`` at reset rows to ``acc``, pass zero there to ``h``."""
     if r is None:
         return acc, d
     return acc + jnp.where(r[..., None], d, jnp.zeros_like(d)), jnp.where(r[..., None], jnp.zeros_like(d), d)
@@ -126,7 +126,7 @@ def lstm_scan(reverse, unroll, project, w_x, w_h, b, h0, c0, xs, mask, resets=No
               cr=None, history=False):
     """Fused LSTM over ``xs [T, B, D]``: returns ``(h_T, c_T, ys [T, B, H])``.
 
-    ``project``: ``"step"`` or ``"hoisted"`` (see :data:`PROJECTIONS`). ``resets [T, B]`` (or None)
+    ``project``: ``"step"`` or ``"hoisted"`` (see `PROJECTIONS`). ``resets [T, B]`` (or None)
     with the reset carry ``hr, cr [B, H]`` (see the module docstring). ``history=True`` also
     returns the carry after every step, ``(h_T, c_T, ys, hs [T, B, H], cs [T, B, H])`` (a padded
     step keeps the carry: ``hs[t]`` there is the carry it was given), differentiable like the rest.
@@ -270,7 +270,7 @@ def gru_scan(reverse, reset_after, unroll, project, w_x, w_h, b, b_hn, h0, xs, m
              hr=None, history=False):
     """Fused tanh GRU over ``xs [T, B, D]``: returns ``(h_T, ys [T, B, H])``.
 
-    ``project``: ``"step"`` or ``"hoisted"`` (see :data:`PROJECTIONS`). ``b_hn [H]`` is used only
+    ``project``: ``"step"`` or ``"hoisted"`` (see `PROJECTIONS`). ``b_hn [H]`` is used only
     when ``reset_after`` (pass zeros otherwise). ``resets [T, B]`` (or None) with the reset carry
     ``hr [B, H]`` (see the module docstring). ``history=True`` also returns the carry after every
     step, ``(h_T, ys, hs [T, B, H])`` (a padded step keeps the carry).
@@ -392,6 +392,57 @@ def _flat_resets(resets, m, T, B):
     return r if m is None else r & m
 
 
+BACKENDS = ("auto", "xla", "native")
+"""Which implementation runs the fused LSTM / GRU sequence (``unroll(..., backend=...)``):
+
+- ``"xla"``: the ``lax.scan`` paths of this module (every backend, every floating dtype);
+- ``"native"``: the C++ kernels of `rnnjax._native` (the recurrence and the gates fused, the
+  recurrent GEMMs through OpenBLAS, a custom VJP; CPU and float32 only), or a ``ValueError`` naming
+  why they cannot run;
+- ``"auto"``: ``"xla"`` for now. Measured side by side (``benchmarks/results/speed-native``, a
+  2-core AVX2 EPYC), the native kernel trains GRUs up to 1.4x faster than the XLA path but LSTMs
+  up to 1.3x slower, and its forward pass is 1.3-3x slower (the per-step OpenBLAS GEMM on small
+  matrices and the scalar gate math cost more than XLA's fused step); ``"auto"`` picks it where
+  it wins once it does.
+"""
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` of ``unroll`` / ``unroll_reduce``: one of `BACKENDS`, else a ``ValueError``."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def native_unavailable(dtype) -> str:
+    """Why the native kernels cannot run a sequence in ``dtype`` here ("" when they can)."""
+    from rnnjax import _native
+
+    if not _native.available():
+        return _native.reason()
+    if jax.default_backend() != "cpu":
+        return (f"the native kernels run on the CPU only, and JAX's default backend is "
+                f"{jax.default_backend()!r}")
+    if jnp.dtype(dtype) != jnp.float32:
+        return f"the native kernels compute in float32 only, and the params are {jnp.dtype(dtype).name}"
+    return ""
+
+
+def use_native(backend: str, dtype, T: int, B: int) -> bool:
+    """Whether the fused sequence runs on the native kernel (see `BACKENDS`).
+
+    ``"native"`` raises a ``ValueError`` naming the reason when the kernel cannot run; an empty
+    sequence or batch (``T = 0`` or ``B = 0``, nothing to compute) always takes the XLA path.
+    """
+    check_backend(backend)
+    if backend != "native":  # "auto": the XLA path (see BACKENDS)
+        return False
+    why = native_unavailable(dtype)
+    if why:
+        raise ValueError(f"backend='native' cannot run: {why}. Use backend='auto' or 'xla'.")
+    return T > 0 and B > 0
+
+
 PROJECTIONS = ("auto", "step", "hoisted")
 """Where the fused paths compute the input projection ``x_t W_x``:
 
@@ -418,11 +469,11 @@ def resolve_projection(projection: str, D: int, H: int) -> str:
 
 
 def lstm_sequence(projection: str = "auto"):
-    """``Cell.sequence`` of ``rnnjax.lstm`` without peepholes (see :func:`lstm_scan`)."""
+    """``Cell.sequence`` of ``rnnjax.lstm`` without peepholes (see `lstm_scan`)."""
     check_projection(projection)
 
     def sequence(params, carry, xs, *, mask, reverse, unroll, resets=None, reset_carry=None,
-                 return_carries=False):
+                 return_carries=False, backend="auto"):
         D = params["w_x"].shape[0]
         x2, m, batch, B = _flatten(xs, mask, carry.h, D)
         H = carry.h.shape[-1]
@@ -431,9 +482,15 @@ def lstm_sequence(projection: str = "auto"):
         if r is not None:
             rc = carry if reset_carry is None else reset_carry
             hr, cr = rc.h.reshape(B, H), rc.c.reshape(B, H)
-        out = lstm_scan(reverse, unroll, resolve_projection(projection, D, H), params["w_x"],
-                        params["w_h"], params["b"], carry.h.reshape(B, H), carry.c.reshape(B, H),
-                        x2, m, r, hr, cr, history=return_carries)
+        args = (params["w_x"], params["w_h"], params["b"], carry.h.reshape(B, H), carry.c.reshape(B, H),
+                x2, m, r, hr, cr)
+        if use_native(backend, params["w_h"].dtype, xs.shape[0], B):
+            from rnnjax._native import ops
+
+            out = ops.lstm(reverse, return_carries, *args[:7], *args[7:])
+        else:
+            out = lstm_scan(reverse, unroll, resolve_projection(projection, D, H), *args,
+                            history=return_carries)
         h, c, ys = out[:3]
         seq = (xs.shape[0], *batch, H)
         result = (LSTMState(h.reshape(*batch, H), c.reshape(*batch, H)), ys.reshape(seq))
@@ -445,11 +502,11 @@ def lstm_sequence(projection: str = "auto"):
 
 
 def gru_sequence(reset_after: bool, projection: str = "auto"):
-    """``Cell.sequence`` of ``rnnjax.gru`` with the tanh candidate (see :func:`gru_scan`)."""
+    """``Cell.sequence`` of ``rnnjax.gru`` with the tanh candidate (see `gru_scan`)."""
     check_projection(projection)
 
     def sequence(params, carry, xs, *, mask, reverse, unroll, resets=None, reset_carry=None,
-                 return_carries=False):
+                 return_carries=False, backend="auto"):
         D = params["w_x"].shape[0]
         x2, m, batch, B = _flatten(xs, mask, carry, D)
         H = carry.shape[-1]
@@ -458,9 +515,14 @@ def gru_sequence(reset_after: bool, projection: str = "auto"):
         hr = None
         if r is not None:
             hr = (carry if reset_carry is None else reset_carry).reshape(B, H)
-        out = gru_scan(reverse, reset_after, unroll, resolve_projection(projection, D, H),
-                       params["w_x"], params["w_h"], params["b"], b_hn, carry.reshape(B, H), x2,
-                       m, r, hr, history=return_carries)
+        args = (params["w_x"], params["w_h"], params["b"], b_hn, carry.reshape(B, H), x2, m, r, hr)
+        if use_native(backend, params["w_h"].dtype, xs.shape[0], B):
+            from rnnjax._native import ops
+
+            out = ops.gru(reverse, reset_after, return_carries, *args)
+        else:
+            out = gru_scan(reverse, reset_after, unroll, resolve_projection(projection, D, H), *args,
+                           history=return_carries)
         seq = (xs.shape[0], *batch, H)
         result = (out[0].reshape(*batch, H), out[1].reshape(seq))
         if return_carries:  # the carry after every step, [T, ..., H]

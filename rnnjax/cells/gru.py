@@ -57,7 +57,7 @@ def gru(
         Ravanelli et al. 2018).
       reset: ``"before"`` or ``"after"`` (where the reset gate is applied).
       projection: where ``unroll``'s fused path (tanh candidate) computes the input projection:
-        ``"step"``, ``"hoisted"`` or ``"auto"`` (as for :func:`rnnjax.lstm`; the same function
+        ``"step"``, ``"hoisted"`` or ``"auto"`` (as for [`rnnjax.lstm`][rnnjax.lstm]; the same function
         either way, only the speed differs).
     """
     H = check_size("hidden_size", hidden_size)
