@@ -56,8 +56,21 @@ imports, data creation and compilation; the high-water mark is reset after compi
 ``peak_bytes_in_use`` above ``bytes_in_use`` after data creation. The target: chunked
 rematerialisation with at most 10% of the plain scan's memory at at most 1.5x its time.
 
+``--long`` also runs the million-step study of ``benchmarks/long_memory.py`` (its functions, each
+case in a fresh process) at each ``T`` of ``--long-steps`` (default 100000 1000000; 256 with
+``--quick``; none when the flag is given without values): an LSTM training step (``B = 8``,
+``D = 32``, ``H = 128``, the gradient of a per-step loss summed over T) on the materialised path
+(``xs`` an array, ``unroll(..., remat_chunk="sqrt")``, the loss on the stacked outputs) and on
+``unroll_reduce`` with streamed inputs (``x_t`` a function of ``t``, the loss folded in
+``reduce_fn``), both ``remat_chunk="sqrt"``: peak resident memory of the whole process and above
+its baseline, compile time and step time. ``--long-skip-materialised-above T`` skips the
+materialised path above T (it needs ~13 GB at T = 1e6). Targets at T = 1e6: the streamed process
+peaks at <= 2 GiB, in <= 1.2x the materialised path's step time.
+
     python benchmarks/speed.py --out out/speed                 # the default grid, 10 repeats
     python benchmarks/speed.py --long --out out/speed          # plus the T=65536 study
+    python benchmarks/speed.py --long-only --long-variants remat_chunk --long-steps 10000 100000 \
+        --out out/speed-long                                    # the million-step study, small T
     python benchmarks/speed.py --quick --out out/speed-quick   # a smoke run (tiny sizes)
 
 ``--cells`` takes any cell of ``rnnjax.registry`` (default: lstm, gru). The peers implement
@@ -116,6 +129,10 @@ IMPLS: dict[str, tuple[str, dict[str, str]]] = {
     "rnnjax_hoisted": ("rnnjax", {"lstm": "rnnjax lstm(projection='hoisted')",
                                   "gru": "rnnjax gru(projection='hoisted')"}),
     "rnnjax_after": ("rnnjax", {"gru": "rnnjax gru(reset='after') (the peers' GRU)"}),
+    "rnnjax_xla": ("rnnjax", {"lstm": "rnnjax unroll(lstm, backend='xla')",
+                              "gru": "rnnjax unroll(gru, backend='xla')"}),
+    "rnnjax_native": ("rnnjax", {"lstm": "rnnjax unroll(lstm, backend='native') (C++ FFI)",
+                                 "gru": "rnnjax unroll(gru, backend='native') (C++ FFI)"}),
     "flax": ("peer", {"lstm": "flax nn.RNN(LSTMCell)", "gru": "flax nn.RNN(GRUCell)"}),
     "flax_optimized": ("peer", {"lstm": "flax nn.RNN(OptimizedLSTMCell)"}),
     "equinox": ("peer", {"lstm": "equinox LSTMCell + scan + vmap",
@@ -278,7 +295,7 @@ def path_note(impl: str, cell: str, s: Size) -> str:
 
 
 def build_rnnjax(cell_name: str, s: Size, key, plain: bool, projection: str = "auto",
-                 **kwargs) -> Runner:
+                 backend: str = "auto", **kwargs) -> Runner:
     if cell_name in PEER_CELLS:
         cell = {"lstm": rnnjax.lstm, "gru": rnnjax.gru}[cell_name](s.H, projection=projection, **kwargs)
     else:  # only the default and plain rows exist for the other registered cells
@@ -287,7 +304,7 @@ def build_rnnjax(cell_name: str, s: Size, key, plain: bool, projection: str = "a
         cell = rnnjax.Cell(cell.init, cell.initial_carry, cell.apply)
     params = cell.init(key, s.D)
     xs = jax.random.normal(jax.random.fold_in(key, 1), (s.T, s.B, s.D), jnp.float32)
-    return jax_runner(lambda p, x: rnnjax.unroll(cell, p, x)[1], params, xs)
+    return jax_runner(lambda p, x: rnnjax.unroll(cell, p, x, backend=backend)[1], params, xs)
 
 
 def build_flax(cell_name: str, s: Size, key, optimized: bool = False) -> Runner:
@@ -446,6 +463,8 @@ BUILDERS: dict[str, Callable[[str, Size, Any], Runner]] = {
     "rnnjax_step": lambda c, s, k: build_rnnjax(c, s, k, plain=False, projection="step"),
     "rnnjax_hoisted": lambda c, s, k: build_rnnjax(c, s, k, plain=False, projection="hoisted"),
     "rnnjax_after": lambda c, s, k: build_rnnjax(c, s, k, plain=False, reset="after"),
+    "rnnjax_xla": lambda c, s, k: build_rnnjax(c, s, k, plain=False, backend="xla"),
+    "rnnjax_native": lambda c, s, k: build_rnnjax(c, s, k, plain=False, backend="native"),
     "flax": lambda c, s, k: build_flax(c, s, k),
     "flax_optimized": lambda c, s, k: build_flax(c, s, k, optimized=True),
     "equinox": build_equinox,
@@ -468,6 +487,13 @@ def available_impls(wanted: list[str]) -> tuple[list[str], dict[str, str]]:
                 importlib.import_module(mod)
             except Exception as e:  # noqa: BLE001 - not installed or broken: skip the peer
                 skipped[name] = f"cannot import {mod}: {type(e).__name__}: {e}"
+                continue
+        if name == "rnnjax_native":
+            from rnnjax.cells.fused import native_unavailable
+
+            why = native_unavailable(jnp.float32)
+            if why:
+                skipped[name] = why
                 continue
         if name == "torch" and torch_device() is None:
             skipped[name] = "JAX runs on a GPU but torch has no CUDA (a CPU torch is no peer there)"
@@ -670,6 +696,22 @@ def long_worker(spec: dict) -> dict:
     return out
 
 
+def run_long_stream(steps: list[int], skip_materialised_above: int | None, timeout: float,
+                    backend: str = "auto") -> dict:
+    """The streamed-against-materialised study of ``benchmarks/long_memory.py`` at each ``T``."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import long_memory
+
+    print(f"\n== long, streamed inputs: LSTM train step, B={long_memory.B}, D={long_memory.D}, "
+          f"H={long_memory.H}, T in {steps}, remat_chunk='sqrt'", flush=True)
+    rows = long_memory.study(steps, skip_materialised_above, timeout, backend)
+    return {"config": {"B": long_memory.B, "D": long_memory.D, "H": long_memory.H, "steps": steps,
+                       "remat_chunk": "sqrt", "skip_materialised_above": skip_materialised_above,
+                       "backend": backend,
+                       "loss": "sum_t ||y_t - target_t||^2 / T, per step"},
+            "rows": rows, "targets": long_memory.targets(rows), "table": long_memory.table(rows)}
+
+
 def run_long(T: int, B: int, D: int, H: int, chunk: int, variants: list[str], repeats: int,
              timeout: float) -> dict:
     print(f"\n== long: LSTM train step, B={B}, T={T}, D={D}, H={H}, chunk={chunk}", flush=True)
@@ -786,6 +828,12 @@ def markdown(info: dict, rows: list[dict], sizes: list[Size], cells: list[str],
                           f"x{t['time_ratio']:.2f} (at most 1.5): "
                           f"{'met' if t.get('met') else 'not met'}."]
         lines.append("")
+        if long.get("stream") and long["stream"]["rows"]:
+            c = long["stream"]["config"]
+            lines += [f"## Long sequences, streamed inputs: LSTM train step, B={c['B']}, D={c['D']}, "
+                      f"H={c['H']}, per-step loss, remat_chunk=\"sqrt\", backend="
+                      f"{c.get('backend', 'auto')!r}", "",
+                      *long["stream"]["table"], ""]
     return "\n".join(lines)
 
 
@@ -887,6 +935,13 @@ def main(argv: list[str] | None = None) -> dict:
                     help=f"comma list of {', '.join(LONG_VARIANTS)}")
     ap.add_argument("--long-repeats", type=int, default=None, help="None: 3 (2 with --quick)")
     ap.add_argument("--long-timeout", type=float, default=3600.0, help="seconds per variant")
+    ap.add_argument("--long-steps", type=int, nargs="*", default=None,
+                    help="T of the streamed-inputs study (benchmarks/long_memory.py); None: 100000 "
+                         "1000000 (256 with --quick); the flag without values: none")
+    ap.add_argument("--long-skip-materialised-above", type=int, default=None,
+                    help="streamed-inputs study: no materialised path above this T")
+    ap.add_argument("--long-backend", choices=("auto", "xla", "native"), default="auto",
+                    help="streamed-inputs study: unroll's backend= for the fused LSTM")
     ap.add_argument("--rerender", action="store_true",
                     help="measure nothing: rewrite speed.md and speed.png from --out/speed.json")
     ap.add_argument("--_long-worker", dest="long_worker", default=None, help=argparse.SUPPRESS)
@@ -917,7 +972,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         defaults = {"sizes": (DEFAULT_SIZES, QUICK_SIZES), "repeats": (10, 2), "gemm_n": (2048, 256),
                     "long_T": (65536, 64), "long_B": (8, 2), "long_D": (32, 4),
-                    "long_H": (256, 16), "long_repeats": (3, 2)}
+                    "long_H": (256, 16), "long_repeats": (3, 2),
+                    "long_steps": ([100_000, 1_000_000], [256])}
         for name, (full, quick) in defaults.items():
             if getattr(args, name) is None:
                 setattr(args, name, quick if args.quick else full)
@@ -957,6 +1013,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.long or args.long_only:
         long = run_long(args.long_T, args.long_B, args.long_D, args.long_H, chunk, long_variants,
                         args.long_repeats, args.long_timeout)
+        if any(T < 1 for T in args.long_steps):
+            ap.error(f"--long-steps must be positive ints, got {args.long_steps}")
+        long["stream"] = run_long_stream(args.long_steps, args.long_skip_materialised_above,
+                                         args.long_timeout, args.long_backend)
     if args.long_only:
         sizes = []
 

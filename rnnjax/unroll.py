@@ -716,7 +716,7 @@ def unroll(
         recurrent OpenBLAS GEMMs and the gates fused, with its own backward pass; float32 on the
         CPU, with every option above; deterministic) or ``"auto"`` (today ``"xla"``: measured
         on a 2-core AVX2 EPYC, the native kernel trains GRUs up to 1.4x faster but LSTMs up to
-        1.3x slower and runs every forward pass 1.3-3x slower, see
+        1.2x slower and runs the forward pass 1.0-2.4x slower, see
         ``benchmarks/results/speed-native``; ``"auto"`` will choose it where it wins once it
         does). The same function either way (to float rounding). ``"native"`` raises a
         ``ValueError`` naming the reason where it cannot run (not built, not the CPU, not

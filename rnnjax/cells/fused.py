@@ -401,7 +401,7 @@ BACKENDS = ("auto", "xla", "native")
   why they cannot run;
 - ``"auto"``: ``"xla"`` for now. Measured side by side (``benchmarks/results/speed-native``, a
   2-core AVX2 EPYC), the native kernel trains GRUs up to 1.4x faster than the XLA path but LSTMs
-  up to 1.3x slower, and its forward pass is 1.3-3x slower (the per-step OpenBLAS GEMM on small
+  up to 1.2x slower, and its forward pass is 1.0-2.4x slower (the per-step OpenBLAS GEMM on small
   matrices and the scalar gate math cost more than XLA's fused step); ``"auto"`` picks it where
   it wins once it does.
 """
