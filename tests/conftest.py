@@ -16,3 +16,20 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+_SLOW_LIST = os.path.join(os.path.dirname(__file__), "slow_in_default.txt")
+
+
+def _slow_in_default() -> set[str]:
+    with open(_SLOW_LIST) as fh:
+        return {line.split("#", 1)[0].strip() for line in fh if line.split("#", 1)[0].strip()}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests listed in slow_in_default.txt slow (before `-m 'not slow'` deselects)."""
+    slow = _slow_in_default()
+    for item in items:
+        if item.nodeid in slow:
+            item.add_marker(pytest.mark.slow)
