@@ -260,7 +260,8 @@ def test_a_users_cell_from_a_script_and_from_the_command_line(tmp_path):
         from mycells import leaky
 
         recipe = bench.Recipe(hidden_size=8, steps=20, eval_every=10, test_size=32)
-        rows = bench.run({"leaky": leaky}, "adding:50,100", recipe, seeds=2, workdir="runs")
+        rows = bench.run({"leaky": leaky}, "adding:50,100", recipe, seeds=2, workdir="runs", flow=False,
+                         trained_flow=False)
         print(bench.report(rows, out="out"))
     '''))
     env = {**os.environ, "PYTHONPATH": ""}
@@ -274,17 +275,17 @@ def test_a_users_cell_from_a_script_and_from_the_command_line(tmp_path):
     assert md.count("| **leaky** |") == 2 and "| lstm-fb1 (reference) |" in md
     rows = bench.load(str(tmp_path / "out" / "rows.json"))
     assert [(r.task, r.T, r["seeds"]) for r in rows] == [("adding", 50, 2), ("adding", 100, 2)]
-    argv = ["-m", "rnnjax.bench", "--cell", "mycells:leaky", "--cell", "lstm", "--task", "adding:50",
+    argv = ["-m", "rnnjax.bench", "--cell", "mycells:leaky", "--cell", "elman", "--task", "adding:50",
             "--seeds", "2", "--steps", "20", "--eval-every", "10", "--hidden", "8", "--test-size", "32",
             "--workdir", "runs", "--out", "cli", "--no-flow"]
     done = subprocess.run([sys.executable, *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     md = (tmp_path / "cli" / "results.md").read_text()
-    assert "| **leaky** |" in md and "| **lstm** |" in md and "(read back from the workdir)" in done.stdout
+    assert "| **leaky** |" in md and "| **elman** |" in md and "(read back from the workdir)" in done.stdout
     # the recorded command reruns it
     command = next(line for line in md.splitlines() if line.startswith("Command: "))
-    assert f"cd {tmp_path} && python -m rnnjax.bench --cell mycells:leaky --cell lstm" in command
+    assert f"cd {tmp_path} && python -m rnnjax.bench --cell mycells:leaky --cell elman" in command
     cli_rows = bench.load(str(tmp_path / "cli" / "rows.json"))
     assert cli_rows[0]["test_loss"] == rows[0]["test_loss"]  # the same row, read back from the workdir
     bad = subprocess.run([sys.executable, "-m", "rnnjax.bench", "--cell", "mycells:nothing", "--task",

@@ -219,7 +219,7 @@ def _pooled(name: str, vocab: int):
 def from_generator(name: str, T: int, generate: Callable, vocab_size: int, num_classes: int,
                    baseline: float, solved: float, *, paper: str = "",
                    splits: dict[str, Callable] | None = None) -> Task:
-    """A token task as a :class:`Task`: ``generate(key, batch, length) -> (tokens [T, B] int32,
+    """A token task as a `Task`: ``generate(key, batch, length) -> (tokens [T, B] int32,
     targets [T, B] int32, mask [T, B] bool)`` jit-able, inputs one-hot over ``vocab_size``, the
     model predicting one of ``num_classes`` at every step, accuracy on the masked steps scored
     against ``baseline`` (the memoryless predictor's) and ``solved``; evaluated at 2x and 4x ``T``
