@@ -416,16 +416,7 @@ def _band_plot(ax, run, i, plt):
     ax.fill_between(steps, lo, hi, color=st["color"], alpha=0.12, lw=0)
 
 
-class _warnings_off:
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
+from rnnjax.bench.report import _quiet as _warnings_off  # noqa: E402  (RuntimeWarnings of all-NaN bands)
 
 
 def _thresholds(ax):

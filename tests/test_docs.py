@@ -289,18 +289,25 @@ GETTING_STARTED_SUBSTITUTIONS = {
 }
 
 
-def test_getting_started_script_runs(tmp_path):
-    code = _python_block(DOCS / "getting-started.md", "## The first script")
-    for old, new in GETTING_STARTED_SUBSTITUTIONS.items():
-        assert code.count(old) == 1, f"the getting-started script no longer contains {old!r}"
+def _run_page_script(page: str, heading: str, substitutions: dict, cwd: pathlib.Path) -> dict:
+    """Run the python block after ``heading`` on ``docs/<page>`` in ``cwd`` with ``substitutions``
+    (each must occur once); its globals."""
+    code = _python_block(DOCS / page, heading)
+    for old, new in substitutions.items():
+        assert code.count(old) == 1, f"the script of {page} no longer contains {old!r}"
         code = code.replace(old, new)
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
+    before = os.getcwd()
+    os.chdir(cwd)
     try:
-        scope = {}
-        exec(compile(code, "docs/getting-started.md", "exec"), scope)
+        scope: dict = {}
+        exec(compile(code, f"docs/{page}", "exec"), scope)
     finally:
-        os.chdir(cwd)
+        os.chdir(before)
+    return scope
+
+
+def test_getting_started_script_runs(tmp_path):
+    scope = _run_page_script("getting-started.md", "## The first script", GETTING_STARTED_SUBSTITUTIONS, tmp_path)
     run = tmp_path / "runs" / "first"
     history = scope["history"]
     assert history["eval_step"] == [2, 4] and len(history["eval_test_loss"]) == 2
@@ -346,17 +353,7 @@ BENCH_SUBSTITUTIONS = {
 
 
 def test_benchmark_your_own_cell_script_runs(tmp_path):
-    code = _python_block(DOCS / "guides" / "bench.md", "## A complete script")
-    for old, new in BENCH_SUBSTITUTIONS.items():
-        assert code.count(old) == 1, f"the bench guide's script no longer contains {old!r}"
-        code = code.replace(old, new)
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        scope = {}
-        exec(compile(code, "docs/guides/bench.md", "exec"), scope)
-    finally:
-        os.chdir(cwd)
+    scope = _run_page_script("guides/bench.md", "## A complete script", BENCH_SUBSTITUTIONS, tmp_path)
     rows = scope["rows"]
     assert [r.name for r in rows] == ["leaky"] and all(r["seeds"] == 2 for r in rows)
     assert len(rows[0]["log10_flow_at_init"]) == 8 and len(rows[0]["trained_log10_flow"]) == 8
