@@ -9,8 +9,8 @@ A work directory holds everything a run needs to be continued and read::
       checkpoints/       orbax checkpoints: the state(s), the history, the guard's counters
       metrics.jsonl      one JSON object a line: {"kind": "train"|"eval", "step": ..., metrics}
                          (rebuilt from the checkpoint's history on resume)
-      events.out.tfevents.*   the same metrics for TensorBoard (when tensorboardX is installed;
-                         a sweep: tb/config_<i>/)
+      events.out.tfevents.*   the same metrics for TensorBoard (a sweep: tb/config_<i>/; written
+                         by rnnjax._events, no TensorBoard package needed)
       loss.png           the loss curves
       results.json       config, final metrics, params_sha256, total wall time, machine
 
@@ -274,21 +274,23 @@ class Workdir:
 
 
 class EventLog:
-    """Scalars to TensorBoard event files (tensorboardX), one directory per run.
+    """Scalars to TensorBoard event files, one directory per run (`rnnjax._events`).
 
     On resume (``purge_step``), events at and after the restored step that a killed process wrote
     are discarded by TensorBoard.
     """
 
     def __init__(self, logdir: Path, *, purge_step: int | None):
-        from tensorboardX import SummaryWriter
+        from rnnjax._events import EventWriter
 
-        self._w = SummaryWriter(str(logdir), purge_step=purge_step, flush_secs=10)
+        self._w = EventWriter(logdir, purge_step=purge_step)
 
     def scalars(self, step: int, values: Mapping[str, float], prefix: str = "") -> None:
-        for k, v in values.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                self._w.add_scalar(prefix + k, float(v), global_step=int(step))
+        kept = {prefix + k: float(v) for k, v in values.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if kept:
+            self._w.scalars(int(step), kept)
+            self._w.flush()
 
     def close(self) -> None:
         self._w.close()
@@ -302,43 +304,24 @@ def event_logs(path: Path, n: int, *, per_config: bool, purge_step: int | None) 
     return [EventLog(path / "tb" / f"config_{i:03d}", purge_step=purge_step) for i in range(n)]
 
 
-def tensorboard_available() -> bool:
-    try:
-        import tensorboardX  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def read_events(logdir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
     """The scalars of the TensorBoard event files in ``logdir``: ``tag -> [(step, value), ...]``.
 
-    Reads the TFRecord framing (length, CRC, an ``Event`` protobuf, CRC) with tensorboardX's
-    protobuf definitions; later records of a step replace earlier ones (a resumed run re-logs the
-    steps after its checkpoint), and a purge event drops the steps at and after it.
+    Later records of a step replace earlier ones (a resumed run re-logs the steps after its
+    checkpoint), and a session-start (purge) event drops the steps at and after it.
     """
-    import struct
-
-    from tensorboardX.proto import event_pb2
+    from rnnjax._events import parse_event, records
 
     out: dict[str, dict[int, float]] = {}
-    files = sorted(Path(logdir).glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+    files = sorted(Path(logdir).glob("events.out.tfevents.*"), key=lambda p: (p.stat().st_mtime, p.name))
     for path in files:
-        data = path.read_bytes()
-        pos = 0
-        while pos + 12 <= len(data):
-            (n,) = struct.unpack("<Q", data[pos:pos + 8])
-            body = data[pos + 12:pos + 12 + n]
-            pos += 12 + n + 4
-            if len(body) < n:
-                break  # a record cut by a kill
-            ev = event_pb2.Event()
-            ev.ParseFromString(body)
-            if ev.HasField("session_log") and ev.session_log.status == ev.session_log.START:
+        for body in records(path.read_bytes()):
+            ev = parse_event(body)
+            if ev["session_start"]:
                 for tag in out:
-                    out[tag] = {s: v for s, v in out[tag].items() if s < ev.step}
-            for val in ev.summary.value:
-                out.setdefault(val.tag, {})[int(ev.step)] = float(val.simple_value)
+                    out[tag] = {s: v for s, v in out[tag].items() if s < ev["step"]}
+            for tag, v in ev["scalars"].items():
+                out.setdefault(tag, {})[int(ev["step"])] = float(v)
     return {tag: sorted(d.items()) for tag, d in out.items()}
 
 

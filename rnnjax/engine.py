@@ -714,8 +714,8 @@ class Settings:
         check_callable("callback", self.callback, "(state, record) -> None", allow_none=True)
         if self.config is not None and not isinstance(self.config, dict):
             raise TypeError(f"config must be a JSON-able dict, got {type(self.config).__name__}")
-        if self.tensorboard and not wd.tensorboard_available():
-            raise ImportError("tensorboard=True needs tensorboardX: pip install 'rnnjax[tensorboard]'")
+        if self.tensorboard is not None and not isinstance(self.tensorboard, bool):
+            raise TypeError(f"tensorboard must be a bool or None, got {self.tensorboard!r}")
         if not isinstance(self.override_hyperparams, bool):
             raise TypeError(f"override_hyperparams must be a bool, got {self.override_hyperparams!r}")
 
@@ -760,8 +760,7 @@ class _Run:
         if self.primary:
             run.write_records(self._all_records())
             self.log = open(run.path / "metrics.jsonl", "a")  # closed by close()
-            use_tb = wd.tensorboard_available() if s.tensorboard is None else s.tensorboard
-            if use_tb:
+            if s.tensorboard is not False:
                 self.events = wd.event_logs(run.path, self.n, per_config=s.sweep,
                                             purge_step=self.resumed_from)
 
@@ -1154,7 +1153,8 @@ def fit(
         end of the chunk.
       max_consecutive_nonfinite: stop after this many consecutive skipped steps (None: never).
       max_to_keep: checkpoints kept in ``workdir``.
-      tensorboard: write TensorBoard events (needs ``tensorboardX``); None: when installed.
+      tensorboard: write TensorBoard event files in the workdir (None, the default, or True: yes;
+        written by rnnjax itself, no TensorBoard package needed; view with ``tensorboard --logdir``).
       baseline: a reference loss drawn and named in ``loss.png``.
       override_hyperparams: on resume, continue with the optimizer hyperparameters of ``state``
         (e.g. a new learning rate) instead of refusing the difference.

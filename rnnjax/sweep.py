@@ -881,7 +881,8 @@ def run_sweep(
       callback: ``callback(states, record)`` for every step after its chunk ran and after the
         evaluation; ``states`` is the tuple of the groups' stacked states, ``record`` holds
         ``step`` and each metric as an array ``[n_configs]`` (and ``eval_<name>``).
-      tensorboard: write TensorBoard events (needs ``tensorboardX``); None: when installed.
+      tensorboard: write TensorBoard event files, one directory per configuration (None, the
+        default, or True: yes; written by rnnjax itself; view with ``tensorboard --logdir``).
       baseline: a reference loss drawn in ``loss.png``.
       override_hyperparams: on resume, continue with the hyperparameters ``init_fn`` makes now.
       progress: one progress bar for the whole sweep.
