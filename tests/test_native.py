@@ -83,6 +83,32 @@ def test_native_options_equal_scan(name, reverse):
     assert np.all(np.asarray(g_nat[1])[4:, 1] == 0) and np.all(np.asarray(g_nat[1])[1:, 2] == 0)
 
 
+@pytest.mark.parametrize("name", list(CELLS))
+def test_native_code_paths_equal_scan(name):
+    """Each code path of the kernels equals the scan (lengths + resets, values and grads): the
+    scalar gate math with OpenBLAS (the fallback for CPUs without AVX2 + FMA), the AVX2 gate math
+    with the packed micro-kernel GEMMs and with OpenBLAS. H = 5: every row is a masked tail of
+    5 of the 8 lanes."""
+    mod = _native._load()["module"]
+    cell = CELLS[name]()
+    params, xs, c0 = _data(cell, seed=2)
+    resets = jnp.zeros((T, B), bool).at[3, 2].set(True)
+    kw = dict(lengths=jnp.array([T, 5, 6]), resets=resets)
+    want = _loss(cell._replace(sequence=None), "auto", **kw)(params, xs, c0)
+    f = _loss(cell, "native", **kw)
+    avx2 = mod.isa() == "avx2+fma"
+    try:
+        for isa, gemm in [("scalar", "blas"), ("avx2+fma", "micro"), ("avx2+fma", "blas")]:
+            assert mod.set_isa(isa) == (isa if avx2 else "scalar")
+            mod.set_gemm(gemm)
+            tree_allclose(f(params, xs, c0), want)
+    finally:
+        mod.set_isa("avx2+fma")
+        mod.set_gemm("auto")
+    with pytest.raises(ValueError, match="gemm must be"):
+        mod.set_gemm("fast")
+
+
 def test_native_vmap_over_params_and_auto_selection():
     """vmap over stacked params (as sweeps do): each member equals its own run (the unbatched
     kernel, itself checked against the loop above)."""
