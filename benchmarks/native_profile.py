@@ -33,9 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import rnnjax  # noqa: E402
 from rnnjax import _native, machine  # noqa: E402
+from speed import parse_list, parse_sizes  # noqa: E402
 
 
 def _median_ms(f, args, repeats: int) -> float:
@@ -148,14 +150,11 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error(f"--repeats must be positive, got {args.repeats}")
-    cells = [c for c in args.cells.split(",") if c]
-    if not cells or any(c not in ("lstm", "gru") for c in cells):
-        ap.error(f"--cells must be a comma list of lstm, gru; got {args.cells!r}")
-    try:
-        sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",") if s]
-        assert sizes and all(len(s) == 4 and min(s) > 0 for s in sizes)
-    except (ValueError, AssertionError):
-        ap.error(f"--sizes must be a comma list of BxTxDxH with positive ints, got {args.sizes!r}")
+    try:  # the parsers of benchmarks/speed.py
+        cells = parse_list(args.cells, ("lstm", "gru"), "--cells")
+        sizes = parse_sizes(args.sizes)
+    except argparse.ArgumentTypeError as e:
+        ap.error(str(e))
     if not _native.available():
         sys.exit(f"the native kernels are not available: {_native.reason()}")
     kern = _native._load()["module"]

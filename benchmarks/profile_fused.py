@@ -32,10 +32,12 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import rnnjax  # noqa: E402
 from rnnjax import machine  # noqa: E402
 from rnnjax.cells import fused  # noqa: E402
+from speed import parse_list, parse_sizes  # noqa: E402
 
 
 def parts(cell: str, B: int, T: int, D: int, H: int) -> dict:
@@ -97,14 +99,11 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error(f"--repeats must be positive, got {args.repeats}")
-    cells = [c for c in args.cells.split(",") if c]
-    if not cells or any(c not in ("lstm", "gru") for c in cells):
-        ap.error(f"--cells must be a comma list of lstm, gru; got {args.cells!r}")
-    try:
-        sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",") if s]
-        assert sizes and all(len(s) == 4 and min(s) > 0 for s in sizes)
-    except (ValueError, AssertionError):
-        ap.error(f"--sizes must be a comma list of BxTxDxH with positive ints, got {args.sizes!r}")
+    try:  # the parsers of benchmarks/speed.py
+        cells = parse_list(args.cells, ("lstm", "gru"), "--cells")
+        sizes = parse_sizes(args.sizes)
+    except argparse.ArgumentTypeError as e:
+        ap.error(str(e))
     m = machine()
     print(f"CPU {m['cpu']} ({m['cpu_isa']}), {m['cpu_count']} cores; jax {m['jax']}, backend "
           f"{m['backend']}; median of {args.repeats} interleaved rounds, ms\n")
