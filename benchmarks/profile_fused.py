@@ -1,4 +1,5 @@
-"""Where the time of a fused LSTM/GRU training step goes: its parts, timed one by one.
+"""Where the time of a fused LSTM/GRU training step on the XLA path (``backend="xla"``) goes: its
+parts, timed one by one (``benchmarks/native_profile.py`` does the same for the native kernel).
 
 For each size ``BxTxDxH`` and cell, times (median over interleaved rounds, ms):
 
@@ -78,7 +79,7 @@ def parts(cell: str, B: int, T: int, D: int, H: int) -> dict:
         return jax.lax.scan(step, h0, xs)[0]
 
     def loss(p, xs):
-        return jnp.mean(rnnjax.unroll(c, p, xs)[1] ** 2)
+        return jnp.mean(rnnjax.unroll(c, p, xs, backend="xla")[1] ** 2)  # the XLA path profiled here
 
     return {
         "forward (inference)": (jax.jit(primal), args),

@@ -124,10 +124,10 @@ IMPLS: dict[str, tuple[str, dict[str, str]]] = {
                           "gru": "rnnjax unroll(gru) (default)"}),
     "rnnjax_plain": ("rnnjax", {"lstm": "rnnjax (plain scan over apply)",
                                 "gru": "rnnjax (plain scan over apply)"}),
-    "rnnjax_step": ("rnnjax", {"lstm": "rnnjax lstm(projection='step')",
-                               "gru": "rnnjax gru(projection='step')"}),
-    "rnnjax_hoisted": ("rnnjax", {"lstm": "rnnjax lstm(projection='hoisted')",
-                                  "gru": "rnnjax gru(projection='hoisted')"}),
+    "rnnjax_step": ("rnnjax", {"lstm": "rnnjax lstm(projection='step'), backend='xla'",
+                               "gru": "rnnjax gru(projection='step'), backend='xla'"}),
+    "rnnjax_hoisted": ("rnnjax", {"lstm": "rnnjax lstm(projection='hoisted'), backend='xla'",
+                                  "gru": "rnnjax gru(projection='hoisted'), backend='xla'"}),
     "rnnjax_after": ("rnnjax", {"gru": "rnnjax gru(reset='after') (the peers' GRU)"}),
     "rnnjax_xla": ("rnnjax", {"lstm": "rnnjax unroll(lstm, backend='xla')",
                               "gru": "rnnjax unroll(gru, backend='xla')"}),
@@ -286,12 +286,15 @@ def jax_runner(apply: Callable[[Any, Any], Any], params: Any, xs: Any) -> Runner
 
 
 def path_note(impl: str, cell: str, s: Size) -> str:
-    """For the default rnnjax row, the arrangement ``projection="auto"`` picks at this size."""
+    """For the default rnnjax row, the path ``backend="auto"`` takes: the native kernel, or the
+    XLA path with the arrangement ``projection="auto"`` picks at this size."""
     if impl not in ("rnnjax", "rnnjax_after") or cell not in PEER_CELLS:
         return ""
-    from rnnjax.cells.fused import resolve_projection
+    from rnnjax.cells.fused import native_unavailable, resolve_projection
 
-    return f" [{resolve_projection('auto', s.D, s.H)}]"
+    if not native_unavailable(jnp.float32):
+        return " [native]"
+    return f" [xla, {resolve_projection('auto', s.D, s.H)}]"
 
 
 def build_rnnjax(cell_name: str, s: Size, key, plain: bool, projection: str = "auto",
@@ -460,8 +463,10 @@ def build_torch(cell_name: str, s: Size, key) -> Runner:
 BUILDERS: dict[str, Callable[[str, Size, Any], Runner]] = {
     "rnnjax": lambda c, s, k: build_rnnjax(c, s, k, plain=False),
     "rnnjax_plain": lambda c, s, k: build_rnnjax(c, s, k, plain=True),
-    "rnnjax_step": lambda c, s, k: build_rnnjax(c, s, k, plain=False, projection="step"),
-    "rnnjax_hoisted": lambda c, s, k: build_rnnjax(c, s, k, plain=False, projection="hoisted"),
+    # the projection is an arrangement of the XLA path (the native kernel has its own)
+    "rnnjax_step": lambda c, s, k: build_rnnjax(c, s, k, plain=False, projection="step", backend="xla"),
+    "rnnjax_hoisted": lambda c, s, k: build_rnnjax(c, s, k, plain=False, projection="hoisted",
+                                                   backend="xla"),
     "rnnjax_after": lambda c, s, k: build_rnnjax(c, s, k, plain=False, reset="after"),
     "rnnjax_xla": lambda c, s, k: build_rnnjax(c, s, k, plain=False, backend="xla"),
     "rnnjax_native": lambda c, s, k: build_rnnjax(c, s, k, plain=False, backend="native"),

@@ -714,14 +714,14 @@ def unroll(
         and ``rnnjax.gru`` (tanh candidate): ``"xla"`` (the ``lax.scan`` paths, any device and
         dtype), ``"native"`` (the C++ CPU kernel of ``rnnjax._native``: the recurrence, the
         recurrent OpenBLAS GEMMs and the gates fused, with its own backward pass; float32 on the
-        CPU, with every option above; deterministic) or ``"auto"`` (today ``"xla"``: measured
-        on a 2-core AVX2 EPYC, the native kernel trains GRUs up to 1.4x faster but LSTMs up to
-        1.2x slower and runs the forward pass 1.0-2.4x slower, see
-        ``benchmarks/results/speed-native``; ``"auto"`` will choose it where it wins once it
-        does). The same function either way (to float rounding). ``"native"`` raises a
-        ``ValueError`` naming the reason where it cannot run (not built, not the CPU, not
-        float32, another cell, ``remat=True``, ``parallel=True``); another value raises a
-        ``ValueError``. Other cells ignore ``"auto"`` and ``"xla"``.
+        CPU, with every option above; deterministic) or ``"auto"`` (the default: ``"native"``
+        where it can run, else ``"xla"``; measured on a 2-core AVX2 EPYC, the kernel trains in
+        0.55-1.02x the XLA path's time, see ``benchmarks/results/speed-native``). The same
+        function either way (to float rounding); both are ``jax.custom_vjp`` functions, so
+        forward mode (``jax.jvp``, ``jax.jacfwd``) needs ``remat=True`` (a plain scan of
+        ``apply``). ``"native"`` raises a ``ValueError`` naming the reason where it cannot run
+        (not built, not the CPU, not float32, another cell, ``remat=True``, ``parallel=True``);
+        another value raises a ``ValueError``. Other cells ignore ``"auto"`` and ``"xla"``.
 
     Dtypes: a cell computes in its params' dtype (all floating params must share one dtype).
     Floating ``xs`` of another dtype are cast to it (float16 inputs with float32 params compute

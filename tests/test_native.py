@@ -121,13 +121,18 @@ def test_native_vmap_over_params_and_auto_selection():
         member = jax.tree_util.tree_map(lambda a, i=i: a[i], stacked)
         tree_allclose(jax.tree_util.tree_map(lambda a, i=i: a[i], got), f_nat(member, xs, c0))
     assert not np.allclose(np.asarray(got[0][0]), np.asarray(got[0][1]))  # the members differ
-    # "native" runs the kernel; "auto" (the XLA path until the kernel wins the benchmark) and
-    # "xla" do not
-    jaxpr = str(jax.make_jaxpr(lambda p: rnnjax.unroll(cell, p, xs, c0, backend="native")[1])(params))
-    assert "rnnjax_lstm_fwd" in jaxpr
-    for backend in ("auto", "xla"):
-        jaxpr = str(jax.make_jaxpr(lambda p, b=backend: rnnjax.unroll(cell, p, xs, c0, backend=b)[1])(params))
-        assert "rnnjax_lstm" not in jaxpr, backend
+    # "native" and "auto" (float32 on the CPU) run the kernel; "xla", "auto" with float64
+    # params, and "auto" under remat=True (a scan of apply) do not
+    def runs_kernel(p, backend, c=c0, x=xs, **kw):
+        jaxpr = str(jax.make_jaxpr(lambda q: rnnjax.unroll(cell, q, x, c, backend=backend, **kw)[1])(p))
+        return "rnnjax_lstm_fwd" in jaxpr
+
+    assert runs_kernel(params, "native") and runs_kernel(params, "auto")
+    assert not runs_kernel(params, "xla")
+    assert not runs_kernel(params, "auto", remat=True)
+    with jax.enable_x64(True):
+        p64, c64, x64 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), (params, c0, xs))
+        assert not runs_kernel(p64, "auto", c64, x64)
 
 
 def test_native_bitwise_deterministic():

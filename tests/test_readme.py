@@ -150,13 +150,16 @@ SCRIPT_SUBSTITUTIONS = {
 }
 
 
-# The script's params_sha256 with the substitutions above, recorded with the engine as it was
-# before fit and run_sweep became one loop (commit 205d7d4), on the machine named here: XLA's CPU
-# code differs between instruction sets, so elsewhere the test compares with a plain loop instead.
-# (In a fresh interpreter under the suite's XLA flags, tests/conftest.py: 205d7d4 run so gives
-# this value, as does today's engine.)
+# The script's params_sha256 with the substitutions above, on the machine named here (XLA's CPU
+# code differs between instruction sets, so elsewhere the test compares with a plain loop
+# instead), in a fresh interpreter under the suite's XLA flags (tests/conftest.py):
+# - "xla": the LSTM on the XLA path (the script with ``backend="xla"``), the value the engine gave
+#   before fit and run_sweep became one loop (commit 205d7d4), and still gives;
+# - "native": the script as written, whose unroll runs the native kernel (``backend="auto"``).
 PINNED = {"cpu": "AMD EPYC", "cpu_isa": "avx2 fma avx", "jax": "0.10.2",
-          "params_sha256": "c241ed55ecf48c81c93e1e75d887d209c157ec17eb02d0dc6f155636ae06cb3e"}
+          "params_sha256": {"xla": "c241ed55ecf48c81c93e1e75d887d209c157ec17eb02d0dc6f155636ae06cb3e",
+                            "native": "1dfbb181210e8e160baa00117b4cc28e4c4242af87a25c3fcbf12744c9201587"}}
+XLA_UNROLL = ('rnnjax.unroll(cell, p["cell"], xs)', 'rnnjax.unroll(cell, p["cell"], xs, backend="xla")')
 
 
 def test_readme_user_script_trains_and_resumes(tmp_path, capsys):
@@ -176,12 +179,15 @@ def test_readme_user_script_trains_and_resumes(tmp_path, capsys):
         # in a fresh interpreter: XLA's CPU code for this script differs in its last bits with
         # what the process ran before (measured: the same code gives another hash after other
         # imports), so the pin holds for a process that runs only the script
-        fresh = tmp_path / "fresh"
-        fresh.mkdir()
-        proc = _run_subprocess(code.replace(repr(str(tmp_path / "run")), repr(str(fresh / "run"))), fresh)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        got = json.loads((fresh / "run" / "results.json").read_text())["params_sha256"]
-        assert got == [PINNED["params_sha256"]]
+        assert code.count(XLA_UNROLL[0]) == 1
+        got = {}
+        for path, script in [("native", code), ("xla", code.replace(*XLA_UNROLL))]:
+            fresh = tmp_path / f"fresh-{path}"
+            fresh.mkdir()
+            proc = _run_subprocess(script.replace(repr(str(tmp_path / "run")), repr(str(fresh / "run"))), fresh)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            (got[path],) = json.loads((fresh / "run" / "results.json").read_text())["params_sha256"]
+        assert got == PINNED["params_sha256"]
     # the engine's result is a loop of the jitted step over the same batches
     state = rnnjax.TrainState.create(first["params"], first["tx"], key=first["k_run"])
     step = jax.jit(rnnjax.train_step(first["loss_fn"], first["tx"]))

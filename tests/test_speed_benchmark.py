@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import jax.numpy as jnp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,11 +73,17 @@ def test_ratios_to_the_fastest_peer_and_jax_peer_and_rerender(tmp_path):
     assert "| lstm | **rnnjax** | 90.00 | 30.00 | 0.90 | 1.50 | 1.50 | 1.50 |" in md
 
 
-def test_the_default_row_names_the_arrangement_auto_chose():
+def test_the_default_row_names_the_path_auto_chose(monkeypatch):
     import speed
 
-    assert speed.path_note("rnnjax", "lstm", speed.Size(32, 256, 32, 256)) == " [step]"
-    assert speed.path_note("rnnjax", "gru", speed.Size(8, 10, 512, 128)) == " [hoisted]"
+    from rnnjax.cells import fused
+
+    native = not fused.native_unavailable(jnp.float32)
+    assert speed.path_note("rnnjax", "lstm", speed.Size(32, 256, 32, 256)) == (" [native]" if native else " [xla, step]")
+    # where the kernel cannot run, the XLA path's arrangement
+    monkeypatch.setattr(fused, "native_unavailable", lambda dtype: "not built")
+    assert speed.path_note("rnnjax", "lstm", speed.Size(32, 256, 32, 256)) == " [xla, step]"
+    assert speed.path_note("rnnjax", "gru", speed.Size(8, 10, 512, 128)) == " [xla, hoisted]"
     assert speed.path_note("flax", "lstm", speed.Size(8, 10, 512, 128)) == ""
 
 

@@ -399,11 +399,14 @@ BACKENDS = ("auto", "xla", "native")
 - ``"native"``: the C++ kernels of `rnnjax._native` (the recurrence and the gates fused, the
   recurrent GEMMs through OpenBLAS, a custom VJP; CPU and float32 only), or a ``ValueError`` naming
   why they cannot run;
-- ``"auto"``: ``"xla"``. Measured side by side (``benchmarks/results/speed-native``, a 2-core AVX2
-  EPYC), the native kernel now trains in 0.55-1.02x the XLA path's time (0.61-0.78x vmapped over
-  15 configurations) and runs forward in 0.72-1.17x, but a ``jax.custom_vjp`` has no forward-mode
-  derivative: ``jax.jvp``, ``jax.jacfwd`` and ``jax.hessian`` of an unroll would fail under a
-  native default. Pass ``backend="native"`` for reverse-mode training on the CPU.
+- ``"auto"``: ``"native"`` where the kernel can run (the CPU, float32 params, the build present,
+  a sequential unroll without ``remat``), else ``"xla"``. Measured side by side
+  (``benchmarks/results/speed-native``, a 2-core AVX2 EPYC), the kernel trains in 0.55-1.02x the
+  XLA path's time (0.61-0.78x vmapped over 15 configurations) and runs forward in 0.72-1.17x.
+
+Both paths are ``jax.custom_vjp`` functions: reverse mode (``jax.grad``, ``jax.vjp``) works on
+either, forward mode (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) on neither; for those, unroll
+with ``remat=True``, which scans the cell's ``apply`` (a plain ``lax.scan``, every derivative).
 """
 
 
@@ -431,16 +434,17 @@ def native_unavailable(dtype) -> str:
 def use_native(backend: str, dtype, T: int, B: int) -> bool:
     """Whether the fused sequence runs on the native kernel (see `BACKENDS`).
 
-    ``"native"`` raises a ``ValueError`` naming the reason when the kernel cannot run; an empty
-    sequence or batch (``T = 0`` or ``B = 0``, nothing to compute) always takes the XLA path.
+    ``"native"`` raises a ``ValueError`` naming the reason when the kernel cannot run, ``"auto"``
+    then takes the XLA path; an empty sequence or batch (``T = 0`` or ``B = 0``, nothing to
+    compute) always takes the XLA path.
     """
     check_backend(backend)
-    if backend != "native":  # "auto": the XLA path (see BACKENDS)
+    if backend == "xla":
         return False
     why = native_unavailable(dtype)
-    if why:
+    if why and backend == "native":
         raise ValueError(f"backend='native' cannot run: {why}. Use backend='auto' or 'xla'.")
-    return T > 0 and B > 0
+    return not why and T > 0 and B > 0
 
 
 PROJECTIONS = ("auto", "step", "hoisted")
