@@ -106,7 +106,10 @@ def cpu_isa() -> str | None:
 
 def machine() -> dict[str, Any]:
     """The machine a run worked on: CPU model and instruction sets, cores, platform, versions,
-    devices."""
+    devices, and what runs the LSTM / GRU unrolls on the CPU (``lstm_gru_cpu``: the native kernel
+    or the XLA path, see ``rnnjax.unroll``'s ``backend``)."""
+    from rnnjax import _native
+
     cpu = None
     try:
         with open("/proc/cpuinfo") as f:
@@ -120,7 +123,8 @@ def machine() -> dict[str, Any]:
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(), "python": platform.python_version(),
             "jax": jax.__version__, "backend": jax.default_backend(),
-            "devices": [str(d) for d in jax.devices()], "process_count": jax.process_count()}
+            "devices": [str(d) for d in jax.devices()], "process_count": jax.process_count(),
+            "lstm_gru_cpu": _native.describe()}
 
 
 class Workdir:

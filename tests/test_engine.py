@@ -162,3 +162,19 @@ def test_nonfinite_guard_in_compiled_chunks_keeps_the_last_checkpoint(tmp_path):
     _same(e.value.state.params, ok.params)
     ckpts = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert ckpts[-1] == 4  # nothing saved after the non-finite steps
+
+
+def test_machine_records_what_runs_the_lstm_and_gru_unrolls(monkeypatch):
+    """``machine()`` (stored in every work directory's session record) names the path a float32
+    LSTM / GRU unroll with ``backend="auto"`` takes here: the native kernel, or the XLA path and
+    why."""
+    from rnnjax import _native
+
+    got = rnnjax.machine()["lstm_gru_cpu"]
+    if _native.available():
+        assert got == (f"native kernel ({_native._load()['module'].isa()} gate math, "
+                       f"{_native.num_threads()} OpenBLAS threads)")
+    else:
+        assert got == f"XLA path ({_native.reason()})"
+    monkeypatch.setattr(_native, "_load", lambda: {"ok": False, "reason": "not built here"})
+    assert rnnjax.machine()["lstm_gru_cpu"] == "XLA path (not built here)"

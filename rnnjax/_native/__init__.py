@@ -86,6 +86,19 @@ def reason() -> str:
     return str(_load()["reason"])
 
 
+def describe() -> str:
+    """What runs a float32 LSTM / GRU unroll on the CPU with ``backend="auto"``, for run records:
+    ``"native kernel (avx2+fma gate math, 2 OpenBLAS threads)"`` or ``"XLA path (<reason>)"``."""
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return f"XLA path (JAX's default backend is {jax.default_backend()!r}; the kernel is CPU-only)"
+    state = _load()
+    if not state["ok"]:
+        return f"XLA path ({state['reason']})"
+    return f"native kernel ({state['module'].isa()} gate math, {state['threads']} OpenBLAS threads)"
+
+
 def num_threads() -> int:
     """OpenBLAS threads the kernels' large GEMMs use (the machine's cores), 0 when not available."""
     return int(_load().get("threads", 0))
