@@ -243,7 +243,7 @@ _SPECS = (
     CellSpec(
         "deltanet",
         lambda H, T: deltanet(H),
-        "one head; delta-rule writes with beta in (0, 1)",
+        "one head; delta-rule writes with beta in (0, 1); chunkwise form, 16 steps per chunk",
         "Schlag, Irie & Schmidhuber, Linear transformers are secretly fast weight programmers, "
         "ICML, 2021; Yang, Wang, Zhang, Shen & Kim, Parallelizing linear transformers with the "
         "delta rule over sequence length, NeurIPS, 2024",
@@ -251,7 +251,7 @@ _SPECS = (
     CellSpec(
         "gated_deltanet",
         lambda H, T: gated_deltanet(H),
-        "one head; decay time steps in [0.001, 0.1]",
+        "one head; decay time steps in [0.001, 0.1]; chunkwise form, 16 steps per chunk",
         "Yang, Kautz & Hatamizadeh, Gated delta networks: improving Mamba2 with delta rule, ICLR, 2025",
     ),
     CellSpec(

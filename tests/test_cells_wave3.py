@@ -55,8 +55,8 @@ def _carry(cell, params, key):
 # (name, cell, fast path option): the loop reference, the sequential scan and the fast path
 # (chunkwise sequence / associative scan), values and gradients, with lengths and reverse.
 CASES = {
-    "deltanet": lambda: (deltanet(H, num_heads=2), deltanet(H, num_heads=2, chunk_size=3)),
-    "gated_deltanet_neg": lambda: (gated_deltanet(H, num_heads=2, negative_eigenvalues=True),
+    "deltanet": lambda: (deltanet(H, num_heads=2, chunk_size=None), deltanet(H, num_heads=2, chunk_size=3)),
+    "gated_deltanet_neg": lambda: (gated_deltanet(H, num_heads=2, negative_eigenvalues=True, chunk_size=None),
                                    gated_deltanet(H, num_heads=2, negative_eigenvalues=True, chunk_size=4)),
     "s6": lambda: (s6(5, 3), None),
     "s6_neg": lambda: (s6(5, 3, negative_eigenvalues=True), None),

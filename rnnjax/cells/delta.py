@@ -235,7 +235,7 @@ def deltanet(
     *,
     num_heads: int = 1,
     negative_eigenvalues: bool = False,
-    chunk_size: int | None = None,
+    chunk_size: int | None = 16,
     dtype=jnp.float32,
 ) -> Cell:
     """DeltaNet: a fast-weight memory per head, written with the delta rule.
@@ -255,7 +255,9 @@ def deltanet(
     ``chunk_size=C`` gives the cell the chunkwise parallel path ([`delta_chunkwise`][rnnjax.delta_chunkwise],
     the WY / UT transform of Yang et al. 2024) as its fused ``sequence``, used by
     [`rnnjax.unroll`][rnnjax.flax.unroll] (with ``lengths`` and ``reverse``; ``resets`` and ``return_carries``
-    fall back to the scan over ``apply``). ``None`` (default): the plain scan.
+    fall back to the scan over ``apply``); the default, 16, trains 14x faster than the plain scan
+    at B=32, T=64, H=64 on a 2-core CPU (one configuration; 4.9x vmapped over 15). ``None``: the
+    plain scan over ``apply``.
 
     Default initialisation (ours; the papers' layers add a convolution, SiLU and an output gate
     around the recurrence, not included here): ``W_x, W_β ~ N(0, 1/D)``, ``b_β = 0``.
@@ -283,7 +285,7 @@ def gated_deltanet(
     *,
     num_heads: int = 1,
     negative_eigenvalues: bool = False,
-    chunk_size: int | None = None,
+    chunk_size: int | None = 16,
     dt_min: float = 0.001,
     dt_max: float = 0.1,
     dtype=jnp.float32,
