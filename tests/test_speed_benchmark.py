@@ -6,8 +6,11 @@ import os
 import subprocess
 import sys
 
-import pytest
+import jax
 import jax.numpy as jnp
+import pytest
+
+import rnnjax
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -120,3 +123,25 @@ def test_xla_cpu_options_reports_each_variant_and_names_a_failed_flag(tmp_path, 
         xo.main(["--sizes", "2x3x2"])
     with pytest.raises(SystemExit):
         xo.main(["--cells", "rnn"])
+
+
+def test_native_row_forces_each_path():
+    """benchmarks/native_row.py trains one study row twice: its factories force the XLA path and
+    the native kernel whatever ``backend="auto"`` would pick."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import native_row
+    import vanishing
+
+    from rnnjax import _native
+
+    make = vanishing.factory(vanishing.spec_by_name("lstm-fb1"))
+    for path in ("xla", "native"):
+        cell, _ = native_row.forced(make, path)(4, 5)
+        params = cell.init(jax.random.key(0), 2)
+        xs = jnp.ones((5, 3, 2))
+        run = lambda p, c=cell: rnnjax.unroll(c, p, xs)[1]
+        if path == "native" and not _native.available():
+            with pytest.raises(ValueError, match="backend='native' cannot run"):
+                jax.make_jaxpr(run)(params)
+            continue
+        assert ("rnnjax_lstm_fwd" in str(jax.make_jaxpr(run)(params))) == (path == "native")
