@@ -9,8 +9,8 @@ For each size ``BxTxDxH`` and cell, times (ms per call, or us per step for the C
   backward gate math alone, and one whole forward / backward step as the kernel runs it;
 - through JAX (jitted, median of ``--repeats`` calls after two warm-up calls): the forward kernel
   call alone (saving residuals) and the backward kernel call alone (``jax.ffi.ffi_call`` on random
-  inputs), the custom VJP's forward and backward (the backward with the weight-gradient GEMMs XLA
-  does after the kernel), ``unroll(..., backend="native")`` forward (inference) and train
+  inputs; it returns the weight and input gradients), the custom VJP's forward and backward,
+  ``unroll(..., backend="native")`` forward (inference) and train
   (``value_and_grad`` of ``mean(ys**2)``), and the same two for ``backend="xla"``.
 
     python benchmarks/native_profile.py                                   # the study's sizes + 32x256x32x256
@@ -74,10 +74,13 @@ def jax_parts(cell: str, B: int, T: int, D: int, H: int) -> dict:
         kfwd = jax.jit(lambda xs, w: fwd_call(xs, p["w_x"], p["b"], w, h0, h0, ones, zeros, h0, h0, reverse=i32(0)))
         fargs = (xs, w_h)
         hs, cs, gates = kfwd(*fargs)
-        bwd_call = jax.ffi.ffi_call("rnnjax_lstm_bwd", [f32(T, B, N)] + [f32(B, H)] * 4)
-        kbwd = jax.jit(lambda w, gates, cs, dH: bwd_call(w, h0, h0, ones, zeros, h0, h0, gates, cs, dH,
-                                                         jnp.zeros_like(dH), h0, h0, reverse=i32(0)))
-        bargs = (w_h, gates, cs, dH)
+        bwd_call = jax.ffi.ffi_call("rnnjax_lstm_bwd",
+                                    [f32(D, N), f32(H, N), f32(N), f32(T, B, D)] + [f32(B, H)] * 4)
+        none = jnp.zeros((1, B, H), jnp.float32)  # no history cotangent
+        kbwd = jax.jit(lambda w, gates, hs, cs, dH: bwd_call(xs, p["w_x"], w, h0, h0, ones, zeros, h0, h0,
+                                                             gates, hs, cs, dH, none, none, h0, h0,
+                                                             reverse=i32(0)))
+        bargs = (w_h, gates, hs, cs, dH)
     else:  # reset before (the default gru)
         fwd_call = jax.ffi.ffi_call("rnnjax_gru_fwd", [f32(T, B, H), f32(T, B, N), f32(1, B, H)])
         bhn = jnp.zeros((H,), jnp.float32)
@@ -85,9 +88,11 @@ def jax_parts(cell: str, B: int, T: int, D: int, H: int) -> dict:
                                               after=i32(0)))
         fargs = (xs, w_h)
         hs, gates, aux = kfwd(*fargs)
-        bwd_call = jax.ffi.ffi_call("rnnjax_gru_bwd", [f32(T, B, N), f32(1, B, H), f32(B, H), f32(B, H)])
-        kbwd = jax.jit(lambda w, gates, aux, hs, dH: bwd_call(w, h0, ones, zeros, h0, gates, aux, hs, dH, h0,
-                                                              reverse=i32(0), after=i32(0)))
+        bwd_call = jax.ffi.ffi_call("rnnjax_gru_bwd", [f32(D, N), f32(H, N), f32(N), f32(H), f32(T, B, D),
+                                                       f32(B, H), f32(B, H)])
+        none = jnp.zeros((1, B, H), jnp.float32)  # no history cotangent
+        kbwd = jax.jit(lambda w, gates, aux, hs, dH: bwd_call(xs, p["w_x"], w, h0, ones, zeros, h0, gates, aux, hs,
+                                                              dH, none, h0, reverse=i32(0), after=i32(0)))
         bargs = (w_h, gates, aux, hs, dH)
 
     from rnnjax._native import ops
@@ -115,7 +120,7 @@ def jax_parts(cell: str, B: int, T: int, D: int, H: int) -> dict:
         "kernel call: forward (saving residuals)": (kfwd, fargs),
         "kernel call: backward": (kbwd, bargs),
         "native VJP forward (kernel, saving residuals)": (vfwd, vargs),
-        "native VJP backward (kernel + XLA weight-gradient GEMMs)": (vbwd, (res, g)),
+        "native VJP backward (kernel, with the weight gradients)": (vbwd, (res, g)),
         "native forward (inference)": (fwd("native"), (p, xs)),
         "native train (value_and_grad)": (train("native"), (p, xs)),
         "xla forward (inference)": (fwd("xla"), (p, xs)),

@@ -76,9 +76,18 @@ def test_native_options_equal_scan(name, reverse):
     lengths = jnp.array([T, 4, 1])
     resets = jnp.zeros((T, B), bool).at[2, 0].set(True).at[5, 0].set(True).at[2, 1].set(True)
     kw = dict(lengths=lengths, resets=resets, reverse=reverse, return_carries=True)
-    v_nat, g_nat = _loss(cell, "native", **kw)(params, xs, c0)
+    f = _loss(cell, "native", **kw)
+    v_nat, g_nat = f(params, xs, c0)
     v_ref, g_ref = _loss(cell._replace(sequence=None), "auto", **kw)(params, xs, c0)
     tree_allclose((v_nat, g_nat), (v_ref, g_ref))
+    # the backward kernel's weight gradients a chunk of steps at a time: 2 steps per chunk (4 rows
+    # of B = 3), so 4 chunks, the last one short (the first one with reverse)
+    mod = _native._load()["module"]
+    try:
+        assert mod.set_chunk_rows(4) == 4
+        tree_allclose(f(params, xs, c0), (v_ref, g_ref))
+    finally:
+        mod.set_chunk_rows(0)
     # the padded inputs get no gradient
     assert np.all(np.asarray(g_nat[1])[4:, 1] == 0) and np.all(np.asarray(g_nat[1])[1:, 2] == 0)
 
@@ -87,8 +96,9 @@ def test_native_options_equal_scan(name, reverse):
 def test_native_code_paths_equal_scan(name):
     """Each code path of the kernels equals the scan (lengths + resets, values and grads): the
     scalar gate math with OpenBLAS (the fallback for CPUs without AVX2 + FMA), the AVX2 gate math
-    with the packed micro-kernel GEMMs and with OpenBLAS. H = 5: every row is a masked tail of
-    5 of the 8 lanes."""
+    with the packed micro-kernel GEMMs and with OpenBLAS, each with the backward's weight
+    gradients in one chunk and a chunk per step (on a second thread or inline: bitwise equal).
+    H = 5: every row is a masked tail of 5 of the 8 lanes."""
     mod = _native._load()["module"]
     cell = CELLS[name]()
     params, xs, c0 = _data(cell, seed=2)
@@ -101,10 +111,26 @@ def test_native_code_paths_equal_scan(name):
         for isa, gemm in [("scalar", "blas"), ("avx2+fma", "micro"), ("avx2+fma", "blas")]:
             assert mod.set_isa(isa) == (isa if avx2 else "scalar")
             mod.set_gemm(gemm)
-            tree_allclose(f(params, xs, c0), want)
+            for rows in (0, 1):  # the weight gradients in one chunk; one step per chunk
+                mod.set_chunk_rows(rows)
+                tree_allclose(f(params, xs, c0), want)
+        # the chunk GEMMs overlapped with the recurrence on a second thread (with two threads):
+        # bitwise the same as inline
+        mod.set_isa("avx2+fma")
+        mod.set_gemm("auto")
+        mod.set_num_threads(2)
+        runs = []
+        for pipe in (True, False):
+            assert mod.set_pipe(pipe) == pipe
+            runs.append(jax.tree_util.tree_leaves(f(params, xs, c0)))
+        assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(*runs))
+        tree_allclose(runs[0], jax.tree_util.tree_leaves(want))
     finally:
         mod.set_isa("avx2+fma")
         mod.set_gemm("auto")
+        mod.set_chunk_rows(0)
+        mod.set_pipe(True)
+        mod.set_num_threads(_native.num_threads())
     with pytest.raises(ValueError, match="gemm must be"):
         mod.set_gemm("fast")
 

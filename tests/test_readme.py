@@ -158,7 +158,7 @@ SCRIPT_SUBSTITUTIONS = {
 # - "native": the script as written, whose unroll runs the native kernel (``backend="auto"``).
 PINNED = {"cpu": "AMD EPYC", "cpu_isa": "avx2 fma avx", "jax": "0.10.2",
           "params_sha256": {"xla": "c241ed55ecf48c81c93e1e75d887d209c157ec17eb02d0dc6f155636ae06cb3e",
-                            "native": "1dfbb181210e8e160baa00117b4cc28e4c4242af87a25c3fcbf12744c9201587"}}
+                            "native": "2416954d8370e07a5ef7c60ef40c61625dd4dc1e1e1746ffbecb6b98f230f619"}}
 XLA_UNROLL = ('rnnjax.unroll(cell, p["cell"], xs)', 'rnnjax.unroll(cell, p["cell"], xs, backend="xla")')
 
 

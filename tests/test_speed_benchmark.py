@@ -145,3 +145,20 @@ def test_native_row_forces_each_path():
                 jax.make_jaxpr(run)(params)
             continue
         assert ("rnnjax_lstm_fwd" in str(jax.make_jaxpr(run)(params))) == (path == "native")
+
+
+def test_native_vmap_times_both_paths_and_refuses_bad_arguments(capsys):
+    """benchmarks/native_vmap.py: one row per (cell, K) with both paths' medians and their ratio;
+    bad --K / --size / --repeats are argument errors."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import native_vmap
+
+    native_vmap.main(["--size", "2x3x2x4", "--K", "1,2", "--repeats", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| lstm") or line.startswith("| gru")]
+    assert [r.split("|")[1:3] for r in rows] == [[" lstm ", " 1 "], [" lstm ", " 2 "], [" gru ", " 1 "], [" gru ", " 2 "]]
+    for r in rows:
+        xla, native, ratio = (float(v) for v in r.split("|")[3:6])
+        assert xla >= 0 and native >= 0 and ratio > 0  # the table rounds ms to 0.1
+    for bad in (["--K", "0"], ["--K", "a"], ["--size", "2x3x2"], ["--repeats", "0"], ["--cells", "elman"]):
+        with pytest.raises(SystemExit):
+            native_vmap.main(bad)

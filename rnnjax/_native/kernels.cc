@@ -6,16 +6,20 @@
 // The per-step GEMMs: a packed AVX2 + FMA micro-kernel when small (below kMicroMacs), else
 // OpenBLAS (scipy-openblas32, symbols prefixed `scipy_`). The gate math: 8-lane AVX2 + FMA where
 // the CPU has it (checked at load), else the scalar code. The backward pass runs the per-step
-// recurrent GEMMs (dz W_h^T) and emits the gate pre-activation gradients dz of all steps; dW_h,
-// dW_x, db and dx are single large GEMMs / sums done by XLA afterwards. Large outputs are advised
-// huge pages (advise_huge). benchmarks/native_profile.py times each part.
+// recurrent GEMMs (dz W_h^T) and also returns the weight and input gradients dW_x, dW_h, db (GRU:
+// and db_hn) and dxs: the gate pre-activation gradients dz of a chunk of steps are kept in a
+// scratch buffer, and one GEMM per chunk adds their part of the weight gradients (see
+// chunk_steps), on a second thread overlapped with the recurrence where there is a core for it
+// (Pipe), so no [T, B, nH] buffer of dz is made. Large outputs are advised huge pages
+// (advise_huge). benchmarks/native_profile.py times each part.
 //
 // Layout: row-major, time-major. xs [T, B, D], W_x [D, nH], b [nH], W_h [H, nH], carries [B, H], mask / resets [T, B]
 // as float 0/1. Gate orders: LSTM (i, f, g, o); GRU (r, z, n). `reverse` runs the steps from T-1
 // down to 0. A masked step (mask 0) keeps the carry; a reset step (resets 1) starts from the reset
 // carry (hr, cr) instead of the previous one (resets are only set at valid steps).
 // Deterministic: a fixed OpenBLAS thread count, a fixed path per size, and a fixed order of
-// every sum (the micro-kernel: one accumulator per output, k ascending).
+// every sum (the micro-kernel: one accumulator per output, k ascending; the weight gradients:
+// chunks of steps fixed by B and T, added in a fixed order).
 //
 // Equations: Hochreiter & Schmidhuber, "Long Short-Term Memory", Neural Computation 1997 (with the
 // forget gate of Gers, Schmidhuber & Cummins 2000); Cho et al., "Learning Phrase Representations
@@ -29,6 +33,8 @@
 #include <cstring>
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -541,6 +547,126 @@ inline const float* prev_carry(const float* seq, const float* init, int64_t k, i
   return k == 0 ? init : seq + tidx(k - 1, T, rev) * BH;
 }
 
+// ----------------------------------------------------------------------- weight gradients
+
+// The backward kernels accumulate the weight gradients themselves, a chunk of steps at a time, so
+// no [T, B, nH] buffer of the gate gradients dz leaves the kernel: dz of kChunkRows / B steps
+// (at least one, at most T) is kept in a scratch buffer, next to the transposed layer inputs of
+// those steps (e.g. [x; h_prev; 1] as rows, steps as columns), then dW += inputs^T dz is one GEMM
+// per chunk and dxs of the chunk is dz W_x^T. Chunks are fixed runs of the scan's steps
+// (k in [c Kc, (c + 1) Kc)), accumulated from the last chunk to the first, and their rows are in
+// time order: the chunks depend on (B, T) only, never on the thread count. The
+// scratch stays in the L2 cache (256 rows: 256 KB of dz at nH = 256). `g_chunk_rows`: set by
+// `_kernels.set_chunk_rows` (tests: many chunks on small sizes).
+constexpr int64_t kChunkRows = 256;
+int64_t g_chunk_rows = kChunkRows;
+
+inline int64_t chunk_steps(int64_t B, int64_t T) {
+  int64_t k = (g_chunk_rows + B - 1) / B;
+  return k < 1 ? 1 : (k > T ? T : k);
+}
+
+// The chunk of scan step k: its first scan step c0, its number of steps n and its first time
+// index t_lo (its steps are the time indices t_lo .. t_lo + n - 1, forward or reverse).
+struct Chunk {
+  int64_t c0, n, t_lo;
+  Chunk(int64_t k, int64_t Kc, int64_t T, bool rev) {
+    c0 = (k / Kc) * Kc;
+    const int64_t c1 = c0 + Kc < T ? c0 + Kc : T;
+    n = c1 - c0;
+    t_lo = rev ? T - c1 : c0;
+  }
+};
+
+// C [M, N] = (acc ? C : 0) + A [M, K] Bm [K, N], all row-major: a weight-gradient GEMM of a chunk
+// (A: the transposed layer inputs, Bm: the chunk's dz). Its route is fixed per kernel call by the
+// size of a whole chunk (use_micro): the packed AVX2 micro-kernel (Bm packed per chunk; one
+// accumulator per output, k ascending) or OpenBLAS.
+struct AccGemm {
+  bool micro;
+  std::vector<float> P;
+  explicit AccGemm(int64_t macs) : micro(use_micro(macs)) {}
+  void run(int M, int N, int K, const float* A, int lda, const float* Bm, int ldb, bool acc, float* C, int ldc) {
+#ifdef RNN_HAVE_AVX2
+    if (micro) {
+      pack(P, Bm, ldb, 1, K, N);
+      gemm_packed_avx2(M, N, K, A, lda, P.data(), C, ldc, C, ldc, acc);
+      return;
+    }
+#endif
+    scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, lda, Bm, ldb,
+                      acc ? 1.0f : 0.0f, C, ldc);
+  }
+};
+
+// Whether the optional per-step cotangent dX [T or 1, B, H] is given ([1, B, H] with T > 1: zero).
+inline bool given(const F32& a, int64_t T) { return dim(a, 0) == T; }
+
+// Runs a backward kernel's chunk jobs (the weight-gradient and dxs GEMMs of a finished chunk) in
+// order on a second thread, overlapped with the recurrence of the next chunk (which runs on one
+// core), or inline when off. Each job does the same arithmetic in the same order either way, so
+// the results do not depend on it. `submit` waits for the previous job first, so with two scratch
+// buffers (one filled by the recurrence, one read by the job) none is reused while in use.
+class Pipe {
+ public:
+  explicit Pipe(bool on) {
+    if (on) th_ = std::thread([this] { loop(); });
+  }
+  ~Pipe() { finish(); }
+  bool on() const { return th_.joinable(); }
+  void submit(std::function<void()> f) {
+    if (!on()) {
+      f();
+      return;
+    }
+    std::unique_lock<std::mutex> l(mu_);
+    cv_.wait(l, [&] { return !job_; });
+    job_ = std::move(f);
+    cv_.notify_all();
+  }
+  // Waits for the last job and ends the thread.
+  void finish() {
+    if (!on()) return;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    th_.join();
+  }
+
+ private:
+  void loop() {
+    std::unique_lock<std::mutex> l(mu_);
+    for (;;) {
+      cv_.wait(l, [&] { return job_ || stop_; });
+      if (job_) {
+        std::function<void()> f = job_;
+        l.unlock();
+        f();
+        l.lock();
+        job_ = nullptr;
+        cv_.notify_all();
+      } else {
+        return;
+      }
+    }
+  }
+  std::thread th_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::function<void()> job_;
+  bool stop_ = false;
+};
+
+// Whether a backward kernel overlaps its chunk GEMMs with the recurrence: with more than one core
+// for the kernels (set_num_threads), more than one chunk, and per-step GEMMs that run on one
+// thread (else those use all the cores). `g_pipe` (set_pipe, tests): 0 off, 1 auto.
+int g_pipe = 1;
+inline bool use_pipe(int64_t T, int64_t Kc, int64_t step_macs) {
+  return g_pipe != 0 && g_threads > 1 && T > Kc && step_macs < kParallelMacs;
+}
+
 // ----------------------------------------------------------------------- LSTM
 
 // The input projection is done here too, step by step: z_t = b + [x_t, h] [W_x; W_h], one GEMM
@@ -608,43 +734,78 @@ ffi::Error LstmFwdImpl(F32 X, F32 Wx, F32 bias, F32 Wh, F32 h0, F32 c0, F32 mask
   return ffi::Error::Success();
 }
 
-// dH, dC [T, B, H]: the cotangents arriving at each step's carry (dy + history), dhT, dcT [B, H].
-// Returns dz [T, B, 4H] and the gradients of the initial and the reset carries.
-ffi::Error LstmBwdImpl(F32 Wh, F32 h0, F32 c0, F32 mask, F32 resets, F32 hr, F32 cr, F32 gates, F32 cs,
-                       F32 dH, F32 dC, F32 dhT, F32 dcT, int32_t reverse, R32 dz, R32 dh0, R32 dc0,
-                       R32 dhr, R32 dcr) {
-  const int64_t T = dim(gates, 0), B = dim(gates, 1), N = dim(gates, 2), H = N / 4;
-  const bool rev = reverse != 0;
+// dys [T, B, H]: the cotangents of the outputs (used at valid steps only); dHs, dCs [T, B, H] or
+// [1, B, H] (zero): of the history (the carry after each step); dhT, dcT [B, H]: of the final
+// carry. Returns the weight gradients dW_x [D, 4H], dW_h [H, 4H], db [4H] (dW += [x, h_prev, 1]^T
+// dz, a chunk of steps per GEMM), dxs [T, B, D] (dz W_x^T) and the gradients of the initial and the
+// reset carries; h_prev of a step is hs of the step before (h0 first), hr at resets.
+ffi::Error LstmBwdImpl(F32 X, F32 Wx, F32 Wh, F32 h0, F32 c0, F32 mask, F32 resets, F32 hr, F32 cr, F32 gates,
+                       F32 hs, F32 cs, F32 dys, F32 dHs, F32 dCs, F32 dhT, F32 dcT, int32_t reverse, R32 dWx,
+                       R32 dWh, R32 db, R32 dxs, R32 dh0, R32 dc0, R32 dhr, R32 dcr) {
+  const int64_t T = dim(gates, 0), B = dim(gates, 1), N = dim(gates, 2), H = N / 4, D = dim(X, 2);
+  if (dim(X, 0) != T || dim(X, 1) != B || dim(Wx, 0) != D || dim(Wx, 1) != N || dim(Wh, 0) != H ||
+      dim(Wh, 1) != N || N != 4 * H || dim(hs, 0) != T || dim(dys, 0) != T || dim(h0, 0) != B || dim(h0, 1) != H)
+    return ffi::Error::InvalidArgument("lstm_bwd: inconsistent shapes");
+  const bool rev = reverse != 0, has_dhs = given(dHs, T), has_dcs = given(dCs, T);
   BlasScope blas(B * N * H);
+  const float* x = X.typed_data();
   const float* w = Wh.typed_data();
   const float* m = mask.typed_data();
   const float* rs = resets.typed_data();
   const float* gt = gates.typed_data();
+  const float* hs_ = hs.typed_data();
   const float* cs_ = cs.typed_data();
-  const int64_t BH = B * H, BN = B * N;
+  const int64_t BH = B * H, BN = B * N, KA = D + H + 1;
+  const int64_t Kc = chunk_steps(B, T), R = Kc * B;  // steps and rows of a chunk
   std::vector<float> dh(dhT.typed_data(), dhT.typed_data() + BH), dc(dcT.typed_data(), dcT.typed_data() + BH);
-  std::vector<float> dhp(BH), dcp(BH), cin(H);
+  std::vector<float> dhp(BH), dcp(BH);
+  // the chunk's dz [R, 4H], its layer inputs [x; h_prev; 1] transposed [D + H + 1, R], and dW
+  // (two of each when the chunk GEMMs run on the second thread: one filled, one read)
+  const bool piped = use_pipe(T, Kc, B * N * H);
+  std::vector<float> zcs[2], ats[2], wacc(KA * N);
+  for (int i = 0; i < (piped ? 2 : 1); ++i) {
+    zcs[i].resize(R * N);
+    ats[i].resize(KA * R);
+    std::fill(ats[i].begin() + (D + H) * R, ats[i].end(), 1.0f);
+  }
   RecGemm gwt(B * N * H, true, w, N, N, H);
-  float* dz_ = dz->typed_data();
-  advise_huge(dz_, T * BN * 4);
+  RecGemm gdx(R * N * D, true, Wx.typed_data(), N, N, D);  // dxs = dz W_x^T
+  AccGemm gw(KA * N * R);
+  int cur = 0;
+  float* dx_ = dxs->typed_data();
+  advise_huge(dx_, T * B * D * 4);
   float* ghr = dhr->typed_data();
   float* gcr = dcr->typed_data();
   std::memset(ghr, 0, BH * sizeof(float));
   std::memset(gcr, 0, BH * sizeof(float));
+  bool first = true;
+  Pipe pipe(piped);
   for (int64_t k = T - 1; k >= 0; --k) {
     const int64_t t = tidx(k, T, rev);
+    const Chunk ch(k, Kc, T, rev);
+    const int64_t row0 = (t - ch.t_lo) * B;
+    float* at = ats[cur].data();
+    const float* hp = prev_carry(hs_, h0.typed_data(), k, T, rev, BH);
     const float* cp = prev_carry(cs_, c0.typed_data(), k, T, rev, BH);
-    const float* gh = dH.typed_data() + t * BH;
-    const float* gc = dC.typed_data() + t * BH;
-    for (int64_t j = 0; j < BH; ++j) {
-      dh[j] += gh[j];
-      dc[j] += gc[j];
-    }
-    float* z = dz_ + t * BN;
-    for (int64_t b = 0; b < B; ++b) {
+    const float* gy = dys.typed_data() + t * BH;
+    const float* gh = has_dhs ? dHs.typed_data() + t * BH : nullptr;
+    const float* gc = has_dcs ? dCs.typed_data() + t * BH : nullptr;
+    for (int64_t b = 0; b < B; ++b) {  // dh += (masked dy) + dHs; dc += dCs
       const int64_t o = b * H;
+      const bool valid = m[t * B + b] != 0.0f;
+      for (int64_t j = 0; j < H; ++j) dh[o + j] += (valid ? gy[o + j] : 0.0f) + (gh ? gh[o + j] : 0.0f);
+      if (gc)
+        for (int64_t j = 0; j < H; ++j) dc[o + j] += gc[o + j];
+    }
+    float* z = zcs[cur].data() + row0 * N;
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t o = b * H, row = row0 + b;
+      const bool reset = rs[t * B + b] != 0.0f;
+      const float* hi = reset ? hr.typed_data() + o : hp + o;  // h_prev of this step
+      for (int64_t j = 0; j < D; ++j) at[j * R + row] = x[(t * B + b) * D + j];
+      for (int64_t j = 0; j < H; ++j) at[(D + j) * R + row] = hi[j];
       if (m[t * B + b] != 0.0f) {
-        const float* ci = rs[t * B + b] != 0.0f ? cr.typed_data() + o : cp + o;
+        const float* ci = reset ? cr.typed_data() + o : cp + o;
         lstm_row_bwd(gt + t * BN + b * N, ci, cs_ + t * BH + o, dh.data() + o, dc.data() + o, z + b * N,
                      dcp.data() + o, H);
         std::memset(dhp.data() + o, 0, H * sizeof(float));
@@ -668,9 +829,22 @@ ffi::Error LstmBwdImpl(F32 Wh, F32 h0, F32 c0, F32 mask, F32 resets, F32 hr, F32
     }
     dh.swap(dhp);
     dc.swap(dcp);
+    if (k == ch.c0) {  // the chunk is complete: dW += [x, h_prev, 1]^T dz; dxs = dz W_x^T
+      const int rows = static_cast<int>(ch.n * B);
+      const float* zp = zcs[cur].data();
+      float* dxp = dx_ + ch.t_lo * B * D;
+      pipe.submit([&gw, &gdx, &wacc, at, zp, dxp, rows, R, KA, N, acc = !first] {
+        gw.run(KA, N, rows, at, R, zp, N, acc, wacc.data(), N);
+        gdx.run(rows, zp, N, 0.0f, dxp, static_cast<int>(gdx.N));
+      });
+      first = false;
+      if (piped) cur ^= 1;
+    }
   }
-  (void)h0;
-  (void)hr;
+  pipe.finish();
+  std::memcpy(dWx->typed_data(), wacc.data(), D * N * sizeof(float));
+  std::memcpy(dWh->typed_data(), wacc.data() + D * N, H * N * sizeof(float));
+  std::memcpy(db->typed_data(), wacc.data() + (D + H) * N, N * sizeof(float));
   std::memcpy(dh0->typed_data(), dh.data(), BH * sizeof(float));
   std::memcpy(dc0->typed_data(), dc.data(), BH * sizeof(float));
   return ffi::Error::Success();
@@ -750,13 +924,24 @@ ffi::Error GruFwdImpl(F32 X, F32 Wx, F32 bias, F32 Wh, F32 bhn, F32 h0, F32 mask
   return ffi::Error::Success();
 }
 
-// Returns dG [T, B, 3H] (gradient of the pre-activations' input part: r, z, n), dq [T, B, H]
-// (reset after: gradient of hn = h W_hn + b_hn; reset before: scratch, [1, B, H]), dh0, dhr.
-ffi::Error GruBwdImpl(F32 Wh, F32 h0, F32 mask, F32 resets, F32 hr, F32 gates, F32 aux, F32 hs, F32 dH,
-                      F32 dhT, int32_t reverse, int32_t after, R32 dG, R32 dq, R32 dh0, R32 dhr) {
-  const int64_t T = dim(gates, 0), B = dim(gates, 1), N = dim(gates, 2), H = N / 3;
-  const bool rev = reverse != 0;
+// dys [T, B, H]: the cotangents of the outputs (used at valid steps only); dHs [T, B, H] or
+// [1, B, H] (zero): of the history; dhT [B, H]: of the final carry. Returns the weight gradients
+// dW_x [D, 3H], dW_h [H, 3H], db [3H], db_hn [H] (reset after; else 0), dxs [T, B, D] and the
+// gradients of the initial and the reset carries. With dG the gradient of the pre-activations'
+// input part (r, z, n) and dq that of hn = h W_hn + b_hn (reset after), per chunk of steps:
+// [dW_x; db] += [x, 1]^T dG, dW_h[:, :2H] += h_prev^T dG_rz, and dW_h[:, 2H:] (with db_hn) +=
+// [h_prev, 1]^T dq (reset after) or (r h_prev)^T dG_n (reset before); dxs = dG W_x^T.
+ffi::Error GruBwdImpl(F32 X, F32 Wx, F32 Wh, F32 h0, F32 mask, F32 resets, F32 hr, F32 gates, F32 aux, F32 hs,
+                      F32 dys, F32 dHs, F32 dhT, int32_t reverse, int32_t after, R32 dWx, R32 dWh, R32 db,
+                      R32 dbhn, R32 dxs, R32 dh0, R32 dhr) {
+  const int64_t T = dim(gates, 0), B = dim(gates, 1), N = dim(gates, 2), H = N / 3, D = dim(X, 2);
+  if (dim(X, 0) != T || dim(X, 1) != B || dim(Wx, 0) != D || dim(Wx, 1) != N || dim(Wh, 0) != H ||
+      dim(Wh, 1) != N || N != 3 * H || dim(hs, 0) != T || dim(dys, 0) != T || dim(h0, 0) != B ||
+      dim(h0, 1) != H || (after && dim(aux, 0) != T))
+    return ffi::Error::InvalidArgument("gru_bwd: inconsistent shapes");
+  const bool rev = reverse != 0, has_dhs = given(dHs, T);
   BlasScope blas(B * N * H);
+  const float* x = X.typed_data();
   const float* w = Wh.typed_data();
   const float* m = mask.typed_data();
   const float* rs = resets.typed_data();
@@ -764,27 +949,59 @@ ffi::Error GruBwdImpl(F32 Wh, F32 h0, F32 mask, F32 resets, F32 hr, F32 gates, F
   const float* ax = aux.typed_data();
   const float* hs_ = hs.typed_data();
   const int64_t BH = B * H, BN = B * N;
-  const bool keep_dq = dq->dimensions()[0] == T;
+  const int64_t Kc = chunk_steps(B, T), R = Kc * B;  // steps and rows of a chunk
   std::vector<float> dh(dhT.typed_data(), dhT.typed_data() + BH), dhp(BH), drh(BH);
+  // the chunk's dG [R, 3H] and dq [R, H] (reset after), the transposed layer inputs [x; 1]
+  // [D + 1, R], [h_prev; 1] [H + 1, R] and (reset before) r h_prev [H, R]; dW_x with db, dW_h with
+  // db_hn (its last row)
+  // (two of each when the chunk GEMMs run on the second thread: one filled, one read)
   const int64_t macs = B * N * H;
+  const bool piped = use_pipe(T, Kc, macs);
+  std::vector<float> dgcs[2], dqcs[2], axts[2], ahts[2], arhs[2], wx((D + 1) * N), wh((H + 1) * N, 0.0f);
+  for (int i = 0; i < (piped ? 2 : 1); ++i) {
+    dgcs[i].resize(R * N);
+    dqcs[i].resize(after ? R * H : BH);
+    axts[i].resize((D + 1) * R);
+    ahts[i].resize((H + 1) * R);
+    arhs[i].resize(after ? 0 : H * R);
+    std::fill(axts[i].begin() + D * R, axts[i].end(), 1.0f);
+    std::fill(ahts[i].begin() + H * R, ahts[i].end(), 1.0f);
+  }
+  int cur = 0;
   RecGemm b_rz(macs, true, w, N, 2 * H, H), b_n(macs, true, w + 2 * H, N, H, H);
-  float* dG_ = dG->typed_data();
-  float* dq_ = dq->typed_data();
-  advise_huge(dG_, T * BN * 4);
-  advise_huge(dq_, int64_t(dq->element_count()) * 4);
+  RecGemm gdx(R * N * D, true, Wx.typed_data(), N, N, D);  // dxs = dG W_x^T
+  AccGemm g_x((D + 1) * N * R), g_rz(H * 2 * H * R), g_n((H + 1) * H * R);
+  float* dx_ = dxs->typed_data();
+  advise_huge(dx_, T * B * D * 4);
   float* ghr = dhr->typed_data();
   std::memset(ghr, 0, BH * sizeof(float));
+  bool first = true;
+  Pipe pipe(piped);
   for (int64_t k = T - 1; k >= 0; --k) {
     const int64_t t = tidx(k, T, rev);
+    const Chunk ch(k, Kc, T, rev);
+    const int64_t row0 = (t - ch.t_lo) * B;
+    float* axt = axts[cur].data();
+    float* aht = ahts[cur].data();
+    float* arh = arhs[cur].data();
     const float* hp = prev_carry(hs_, h0.typed_data(), k, T, rev, BH);
-    const float* gh = dH.typed_data() + t * BH;
-    for (int64_t j = 0; j < BH; ++j) dh[j] += gh[j];
-    float* d = dG_ + t * BN;
-    float* dqt = dq_ + (keep_dq ? t * BH : 0);
-    for (int64_t b = 0; b < B; ++b) {
+    const float* gy = dys.typed_data() + t * BH;
+    const float* gh = has_dhs ? dHs.typed_data() + t * BH : nullptr;
+    for (int64_t b = 0; b < B; ++b) {  // dh += (masked dy) + dHs
       const int64_t o = b * H;
-      const float* hi = rs[t * B + b] != 0.0f ? hr.typed_data() + o : hp + o;
+      const bool valid = m[t * B + b] != 0.0f;
+      for (int64_t j = 0; j < H; ++j) dh[o + j] += (valid ? gy[o + j] : 0.0f) + (gh ? gh[o + j] : 0.0f);
+    }
+    float* d = dgcs[cur].data() + row0 * N;
+    float* dqt = dqcs[cur].data() + (after ? row0 * H : 0);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t o = b * H, row = row0 + b;
+      const float* hi = rs[t * B + b] != 0.0f ? hr.typed_data() + o : hp + o;  // h_prev of this step
       const float* gr = gt + t * BN + b * N;
+      for (int64_t j = 0; j < D; ++j) axt[j * R + row] = x[(t * B + b) * D + j];
+      for (int64_t j = 0; j < H; ++j) aht[j * R + row] = hi[j];
+      if (!after)  // W_hn's input is r h_prev (r = 0 at padded steps, as the gates there)
+        for (int64_t j = 0; j < H; ++j) arh[j * R + row] = gr[j] * hi[j];
       float* dr = d + b * N;
       if (m[t * B + b] == 0.0f) {
         std::memset(dr, 0, N * sizeof(float));
@@ -818,7 +1035,31 @@ ffi::Error GruBwdImpl(F32 Wh, F32 h0, F32 mask, F32 resets, F32 hr, F32 gates, F
       }
     }
     dh.swap(dhp);
+    if (k == ch.c0) {  // the chunk is complete: the weight gradients and dxs of its steps
+      const int rows = static_cast<int>(ch.n * B);
+      const float* dg = dgcs[cur].data();
+      const float* dqp = dqcs[cur].data();
+      float* dxp = dx_ + ch.t_lo * B * D;
+      pipe.submit([&, axt, aht, arh, dg, dqp, dxp, rows, acc = !first] {
+        const int h = static_cast<int>(H), n = static_cast<int>(N), r = static_cast<int>(R);
+        g_x.run(static_cast<int>(D) + 1, n, rows, axt, r, dg, n, acc, wx.data(), n);
+        g_rz.run(h, 2 * h, rows, aht, r, dg, n, acc, wh.data(), n);
+        if (after)
+          g_n.run(h + 1, h, rows, aht, r, dqp, h, acc, wh.data() + 2 * h, n);
+        else
+          g_n.run(h, h, rows, arh, r, dg + 2 * h, n, acc, wh.data() + 2 * h, n);
+        gdx.run(rows, dg, n, 0.0f, dxp, static_cast<int>(D));
+      });
+      first = false;
+      if (piped) cur ^= 1;
+    }
   }
+  pipe.finish();
+  std::memcpy(dWx->typed_data(), wx.data(), D * N * sizeof(float));
+  std::memcpy(db->typed_data(), wx.data() + D * N, N * sizeof(float));
+  std::memcpy(dWh->typed_data(), wh.data(), H * N * sizeof(float));
+  float* gbn = dbhn->typed_data();
+  for (int64_t j = 0; j < H; ++j) gbn[j] = after ? wh[H * N + 2 * H + j] : 0.0f;
   std::memcpy(dh0->typed_data(), dh.data(), BH * sizeof(float));
   return ffi::Error::Success();
 }
@@ -844,6 +1085,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxLstmFwd, LstmFwdImpl,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxLstmBwd, LstmBwdImpl,
                               ffi::Ffi::Bind()
+                                  .Arg<F32>()  // xs
+                                  .Arg<F32>()  // W_x
                                   .Arg<F32>()  // W_h
                                   .Arg<F32>()  // h0
                                   .Arg<F32>()  // c0
@@ -852,13 +1095,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxLstmBwd, LstmBwdImpl,
                                   .Arg<F32>()  // hr
                                   .Arg<F32>()  // cr
                                   .Arg<F32>()  // gates
+                                  .Arg<F32>()  // hs
                                   .Arg<F32>()  // cs
-                                  .Arg<F32>()  // dH
-                                  .Arg<F32>()  // dC
+                                  .Arg<F32>()  // dys
+                                  .Arg<F32>()  // dHs ([1, B, H]: zero)
+                                  .Arg<F32>()  // dCs ([1, B, H]: zero)
                                   .Arg<F32>()  // dhT
                                   .Arg<F32>()  // dcT
                                   .Attr<int32_t>("reverse")
-                                  .Ret<F32>()  // dz
+                                  .Ret<F32>()  // dW_x
+                                  .Ret<F32>()  // dW_h
+                                  .Ret<F32>()  // db
+                                  .Ret<F32>()  // dxs
                                   .Ret<F32>()  // dh0
                                   .Ret<F32>()  // dc0
                                   .Ret<F32>()  // dhr
@@ -883,6 +1131,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxGruFwd, GruFwdImpl,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxGruBwd, GruBwdImpl,
                               ffi::Ffi::Bind()
+                                  .Arg<F32>()  // xs
+                                  .Arg<F32>()  // W_x
                                   .Arg<F32>()  // W_h
                                   .Arg<F32>()  // h0
                                   .Arg<F32>()  // mask
@@ -891,12 +1141,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxGruBwd, GruBwdImpl,
                                   .Arg<F32>()  // gates
                                   .Arg<F32>()  // aux
                                   .Arg<F32>()  // hs
-                                  .Arg<F32>()  // dH
+                                  .Arg<F32>()  // dys
+                                  .Arg<F32>()  // dHs ([1, B, H]: zero)
                                   .Arg<F32>()  // dhT
                                   .Attr<int32_t>("reverse")
                                   .Attr<int32_t>("after")
-                                  .Ret<F32>()  // dG
-                                  .Ret<F32>()  // dq
+                                  .Ret<F32>()  // dW_x
+                                  .Ret<F32>()  // dW_h
+                                  .Ret<F32>()  // db
+                                  .Ret<F32>()  // db_hn
+                                  .Ret<F32>()  // dxs
                                   .Ret<F32>()  // dh0
                                   .Ret<F32>());  // dhr
 
@@ -943,6 +1197,26 @@ PyObject* set_huge_pages(PyObject*, PyObject* arg) {
   if (on < 0) return nullptr;
   g_huge = on;
   return PyBool_FromLong(g_huge);
+}
+
+// set_chunk_rows(n): the rows (steps x B) of dz the backward kernels keep per weight-gradient GEMM
+// (n < 1: the default); returns it.
+PyObject* set_chunk_rows(PyObject*, PyObject* arg) {
+  long n = PyLong_AsLong(arg);
+  if (n == -1 && PyErr_Occurred()) return nullptr;
+  std::lock_guard<std::mutex> lock(g_blas_mutex);
+  g_chunk_rows = n < 1 ? kChunkRows : n;
+  return PyLong_FromLong(static_cast<long>(g_chunk_rows));
+}
+
+// set_pipe(on): whether the backward kernels may run their chunk GEMMs on a second thread
+// (use_pipe; the results are the same either way); returns it.
+PyObject* set_pipe(PyObject*, PyObject* arg) {
+  int on = PyObject_IsTrue(arg);
+  if (on < 0) return nullptr;
+  std::lock_guard<std::mutex> lock(g_blas_mutex);
+  g_pipe = on;
+  return PyBool_FromLong(g_pipe);
 }
 
 PyObject* isa(PyObject*, PyObject*) { return PyUnicode_FromString(g_isa ? "avx2+fma" : "scalar"); }
@@ -1125,6 +1399,10 @@ PyMethodDef methods[] = {
     {"isa", isa, METH_NOARGS, "The code path of the gate math: 'avx2+fma' or 'scalar'."},
     {"set_isa", set_isa, METH_O, "Use 'avx2+fma' (where the CPU has it) or 'scalar'; returns the one in use."},
     {"set_gemm", set_gemm, METH_O, "Per-step GEMMs: 'auto', 'blas' (OpenBLAS) or 'micro' (packed AVX2)."},
+    {"set_chunk_rows", set_chunk_rows, METH_O,
+     "Rows of dz per weight-gradient GEMM in the backward kernels (< 1: the default 256); returns it."},
+    {"set_pipe", set_pipe, METH_O,
+     "Let the backward kernels overlap their chunk GEMMs with the recurrence on a second thread."},
     {"profile_parts", profile_parts, METH_VARARGS,
      "profile_parts(cell, B, H, reps) -> {part: microseconds per step}, one thread."},
     {nullptr, nullptr, 0, nullptr}};

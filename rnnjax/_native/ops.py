@@ -5,10 +5,16 @@ The forward kernel runs the recurrence with the input projection folded into eac
 packed AVX2 micro-kernel for small per-step GEMMs, OpenBLAS for large ones), so no ``[T, B, nH]``
 buffer of ``G = X W_x + b`` is made: buffers above glibc's 32 MB mmap threshold are fresh pages on
 every call, and their page faults cost more than the GEMM (measured in
-``benchmarks/native_profile.py``). In the backward pass the kernel runs the per-step ``dz W_h^T``
-GEMMs, emitting the gate pre-activation gradients ``dz [T, B, nH]`` of all steps. The weight
-gradients are then single large GEMMs by XLA:
-``dW_h = H_prev^T dZ``, ``dW_x = X^T dZ``, ``db = sum dZ``, ``dX = dZ W_x^T``.
+``benchmarks/native_profile.py``). The backward kernel runs the per-step ``dz W_h^T`` GEMMs and
+also the weight and input gradients, so the gate pre-activation gradients ``dz`` never leave it:
+it keeps ``dz`` of a fixed number of steps (about 256 rows of ``[B, nH]``) in a scratch buffer and
+per chunk adds ``[x, h_prev, 1]^T dz`` to ``[dW_x; dW_h; db]`` (one GEMM) and writes
+``dxs = dz W_x^T`` (the GRU: ``[x, 1]^T dG``, ``h_prev^T dG_rz`` and ``[h_prev, 1]^T dq`` or
+``(r h_prev)^T dG_n``), where ``h_prev`` is the carry each step started from (``hr`` at resets),
+on a second thread overlapped with the recurrence where there is a core for it. The chunks are
+fixed runs of steps (set by ``B`` and ``T`` only), added in a fixed order, so the result is the
+same on every run. The kernel also masks ``dys`` itself, and a missing history cotangent is passed
+as a ``[1, B, H]`` zero: XLA makes no ``[T, B, *]`` buffer in the backward pass but ``dxs``.
 
 The forward pass saves the activated gates (training) or keeps one step's worth of them
 (inference: the primal function without a VJP). ``vmap`` (e.g. over stacked params, as sweeps do)
@@ -43,36 +49,6 @@ def _flags(mask, resets, T, B):
     m = jnp.ones((T, B), jnp.float32) if mask is None else mask.astype(jnp.float32)
     r = jnp.zeros((T, B), jnp.float32) if resets is None else resets.astype(jnp.float32)
     return m, r
-
-
-def _tmm(a, b):
-    """``sum_t a[t]^T b[t]``: one ``[K, T*B] x [T*B, N]`` GEMM."""
-    T, B, K = a.shape
-    return a.reshape(T * B, K).T @ b.reshape(T * B, b.shape[-1])
-
-
-def _wgrads(xs, h_prev, dz):
-    """``dW_x, dW_h, db`` in one ``[D+H+1, T*B] x [T*B, nH]`` GEMM: ``[x, h_prev, 1]^T dz`` (one
-    pass over ``dz`` instead of three; measured faster on the 2-core EPYC)."""
-    T, B, D = xs.shape
-    H = h_prev.shape[-1]
-    a = jnp.concatenate([xs, h_prev, jnp.ones((T, B, 1), xs.dtype)], axis=-1)
-    w = _tmm(a, dz)
-    return w[:D], w[D:D + H], w[D + H]
-
-
-def _mm(a, w):
-    T, B, K = a.shape
-    return (a.reshape(T * B, K) @ w).reshape(T, B, w.shape[1])
-
-
-def _prev(hs, h0, resets, hr, reverse):
-    """The carry each step started from: the previous step's (``h0`` first), ``hr`` at resets."""
-    if reverse:
-        p = jnp.concatenate([hs[1:], h0[None]], axis=0)
-    else:
-        p = jnp.concatenate([h0[None], hs[:-1]], axis=0)
-    return p if resets is None else jnp.where(resets[..., None] > 0, hr[None], p)
 
 
 def _last(a, reverse):
@@ -124,17 +100,14 @@ def _lstm_fwd(reverse, history, has_r, w_x, w_h, b, h0, c0, xs, m, r, hr, cr):
 def _lstm_bwd(reverse, history, has_r, res, g):
     w_x, w_h, h0, c0, xs, m, r, hr, cr, hs, cs, gates = res
     dhT, dcT, dys = g[:3]
-    dH = _ys(dys, m)
-    dC = jnp.zeros_like(dH)
-    if history:
-        dH, dC = dH + g[3], g[4]
-    dz, dh0, dc0, dhr, dcr = _call(
-        "rnnjax_lstm_bwd", [gates.shape, h0.shape, h0.shape, h0.shape, h0.shape],
-        w_h, h0, c0, m, r, hr, cr, gates, cs, dH, dC, dhT, dcT, reverse=reverse)
-    h_prev = _prev(hs, h0, r if has_r else None, hr, reverse)
+    none = jnp.zeros((1,) + h0.shape, h0.dtype)  # no history cotangent: zero
+    dHs, dCs = (g[3], g[4]) if history else (none, none)
+    # the kernel masks dys, and returns the weight gradients and dxs (dz stays inside)
+    dw_x, dw_h, db, dxs, dh0, dc0, dhr, dcr = _call(
+        "rnnjax_lstm_bwd", [w_x.shape, w_h.shape, (w_h.shape[1],), xs.shape] + [h0.shape] * 4,
+        xs, w_x, w_h, h0, c0, m, r, hr, cr, gates, hs, cs, dys, dHs, dCs, dhT, dcT, reverse=reverse)
     zeros = jnp.zeros_like
-    dw_x, dw_h, db = _wgrads(xs, h_prev, dz)
-    return (dw_x, dw_h, db, dh0, dc0, _mm(dz, w_x.T), zeros(m),
+    return (dw_x, dw_h, db, dh0, dc0, dxs, zeros(m),
             zeros(r), dhr if has_r else zeros(hr), dcr if has_r else zeros(cr))
 
 
@@ -182,28 +155,14 @@ def _gru_fwd(reverse, after, history, has_r, w_x, w_h, b, b_hn, h0, xs, m, r, hr
 
 def _gru_bwd(reverse, after, history, has_r, res, g):
     w_x, w_h, b_hn, h0, xs, m, r, hr, hs, gates, aux = res
-    T, B = xs.shape[:2]
-    H = h0.shape[-1]
     dhT, dys = g[:2]
-    dH = _ys(dys, m)
-    if history:
-        dH = dH + g[2]
-    dG, dq, dh0, dhr = _call(
-        "rnnjax_gru_bwd", [gates.shape, (T if after else 1, B, H), h0.shape, h0.shape],
-        w_h, h0, m, r, hr, gates, aux, hs, dH, dhT, reverse=reverse, after=after)
-    h_prev = _prev(hs, h0, r if has_r else None, hr, reverse)
-    if after:
-        dw_h = _tmm(h_prev, jnp.concatenate([dG[..., :2 * H], dq], axis=-1))
-        db_hn = dq.sum(axis=(0, 1))
-    else:  # W_hn's input is r ⊙ h
-        dw_h = jnp.concatenate([_tmm(h_prev, dG[..., :2 * H]),
-                                _tmm(gates[..., :H] * h_prev, dG[..., 2 * H:])], axis=1)
-        db_hn = jnp.zeros_like(b_hn)
+    dHs = g[2] if history else jnp.zeros((1,) + h0.shape, h0.dtype)  # no history cotangent: zero
+    # the kernel masks dys, and returns the weight gradients and dxs (dG, dq stay inside)
+    dw_x, dw_h, db, db_hn, dxs, dh0, dhr = _call(
+        "rnnjax_gru_bwd", [w_x.shape, w_h.shape, (w_h.shape[1],), b_hn.shape, xs.shape, h0.shape, h0.shape],
+        xs, w_x, w_h, h0, m, r, hr, gates, aux, hs, dys, dHs, dhT, reverse=reverse, after=after)
     zeros = jnp.zeros_like
-    D = xs.shape[-1]
-    wb = _tmm(jnp.concatenate([xs, jnp.ones((T, B, 1), xs.dtype)], axis=-1), dG)  # [dW_x; db]
-    return (wb[:D], dw_h, wb[D], db_hn, dh0, _mm(dG, w_x.T), zeros(m), zeros(r),
-            dhr if has_r else zeros(hr))
+    return (dw_x, dw_h, db, db_hn, dh0, dxs, zeros(m), zeros(r), dhr if has_r else zeros(hr))
 
 
 _gru.defvjp(_gru_fwd, _gru_bwd)
