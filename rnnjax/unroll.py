@@ -716,7 +716,7 @@ def unroll(
         recurrent OpenBLAS GEMMs and the gates fused, with its own backward pass; float32 on the
         CPU, with every option above; deterministic) or ``"auto"`` (the default: ``"native"``
         where it can run, else ``"xla"``; measured on a 2-core AVX2 EPYC, the kernel trains in
-        0.55-1.02x the XLA path's time, see ``benchmarks/results/speed-native``). The same
+        0.50-0.84x the XLA path's time, see ``benchmarks/results/speed-native``). The same
         function either way (to float rounding); both are ``jax.custom_vjp`` functions, so
         forward mode (``jax.jvp``, ``jax.jacfwd``) needs ``remat=True`` (a plain scan of
         ``apply``). ``"native"`` raises a ``ValueError`` naming the reason where it cannot run

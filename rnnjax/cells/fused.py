@@ -401,8 +401,8 @@ BACKENDS = ("auto", "xla", "native")
   why they cannot run;
 - ``"auto"``: ``"native"`` where the kernel can run (the CPU, float32 params, the build present,
   a sequential unroll without ``remat``), else ``"xla"``. Measured side by side
-  (``benchmarks/results/speed-native``, a 2-core AVX2 EPYC), the kernel trains in 0.55-1.02x the
-  XLA path's time (0.61-0.78x vmapped over 15 configurations) and runs forward in 0.72-1.17x.
+  (``benchmarks/results/speed-native``, a 2-core AVX2 EPYC), the kernel trains in 0.50-0.84x the
+  XLA path's time (0.67-0.72x vmapped over 15 configurations) and runs forward in 0.73-1.02x.
 
 Both paths are ``jax.custom_vjp`` functions: reverse mode (``jax.grad``, ``jax.vjp``) works on
 either, forward mode (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) on neither; for those, unroll
