@@ -1,6 +1,8 @@
 """Cells, third wave: DeltaNet, Gated DeltaNet (chunkwise path), S6 (Mamba), and the
 negative-eigenvalue option (Grazzi et al., ICLR 2025) of S6, minGRU, RG-LRU, mLSTM and DeltaNet."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -395,3 +397,24 @@ def test_bad_arguments():
         s6(4, input_projection=False).init(jax.random.key(0), 3)
     with pytest.raises(ValueError, match="beta must have shape"):
         delta_chunkwise(jnp.zeros((3, 2)), jnp.zeros((3, 2)), jnp.zeros((3, 2)), jnp.zeros((2,)))
+
+
+def test_chunkwise_delta_rule_calls_no_lapack():
+    """The chunkwise path solves its triangular systems in plain XLA ops: a batched LAPACK solve
+    deadlocks XLA's two-thread CPU pool when two run at once (a vmapped sweep hung so). Checked on
+    the compiled training step of a vmapped Gated DeltaNet, values against the plain scan."""
+    from rnnjax.cells.delta import _unit_lower_solve
+
+    cell = gated_deltanet(8, num_heads=2, negative_eigenvalues=True)  # the default chunkwise path
+    xs = jax.random.normal(jax.random.key(1), (20, 3, 4))
+    params = jax.vmap(lambda k: cell.init(k, 4))(jax.random.split(jax.random.key(0), 2))
+    step = jax.jit(jax.vmap(jax.grad(lambda p: jnp.sum(rnnjax.unroll(cell, p, xs)[1] ** 2))))
+    hlo = step.lower(params).compile().as_text()
+    targets = re.findall(r'custom_call_target="([^"]*)"', hlo)
+    assert not [t for t in targets if "lapack" in t or "trsm" in t], targets
+    # the solve itself: (I + L) U = rhs with L strictly lower, against numpy
+    L = np.tril(np.asarray(jax.random.normal(jax.random.key(2), (3, 6, 6))), -1)
+    rhs = np.asarray(jax.random.normal(jax.random.key(3), (3, 6, 5)))
+    want = np.linalg.solve(np.eye(6) + L, rhs)
+    upper = L + np.triu(np.ones((6, 6)))  # the diagonal and upper triangle are not read
+    np.testing.assert_allclose(_unit_lower_solve(jnp.asarray(upper), jnp.asarray(rhs)), want, rtol=1e-4, atol=1e-5)

@@ -43,6 +43,27 @@ def _check_chunk_size(chunk_size) -> int | None:
     return check_size("chunk_size", chunk_size)
 
 
+def _unit_lower_solve(L: Array, rhs: Array) -> Array:
+    """``(I + L)^{-1} rhs`` for ``L [..., C, C]`` strictly lower triangular (its diagonal and upper
+    triangle are not read), ``rhs [..., C, n]``: forward substitution, one row per step, in plain
+    XLA ops.
+
+    Not ``jax.scipy.linalg.solve_triangular``: on the CPU a batched LAPACK solve splits its batch
+    over XLA's intra-op thread pool and blocks a pool thread until the pieces finish, and two such
+    solves running at once (the chunks of a vmapped sweep, or the forward and backward ones) on a
+    pool of two threads (a 2-core machine) wait for work no thread is left to run: the program
+    hangs with the CPU idle (seen with jax 0.10.2 in a vmapped DeltaNet sweep; the stack ends in
+    ``lapack_strsm_ffi`` -> ``ParallelBatchMap`` -> ``BlockingCounter::Wait``). The same hazard as
+    the batched QR of ``rnnjax.initializers``.
+    """
+    C = L.shape[-1]
+    rows = [rhs[..., 0, :]]
+    for r in range(1, C):  # u_r = rhs_r - sum_{i<r} L[r, i] u_i
+        done = jnp.stack(rows, axis=-2)  # [..., r, n]
+        rows.append(rhs[..., r, :] - jnp.einsum("...i,...in->...n", L[..., r, :r], done))
+    return jnp.stack(rows, axis=-2)
+
+
 def _chunk(q, k, v, beta, log_alpha, S):
     """One chunk of ``C`` steps, ``S_r = α_r S_{r-1} (I - β_r k_r k_rᵀ) + β_r v_r k_rᵀ``.
 
@@ -64,8 +85,7 @@ def _chunk(q, k, v, beta, log_alpha, S):
     L = jnp.where(lower, beta[..., :, None] * decay * kk, 0.0)
     Sk0 = jnp.einsum("...vk,...rk->...rv", S, k)  # (S_0 k_r)ᵀ
     rhs = beta[..., None] * v - (beta * gamma)[..., None] * Sk0
-    # unit_diagonal: the solve reads only L's strict lower triangle and takes ones on the diagonal
-    U = jax.scipy.linalg.solve_triangular(L, rhs, lower=True, unit_diagonal=True)
+    U = _unit_lower_solve(L, rhs)
     qk = jnp.einsum("...rk,...ik->...ri", q, k)
     inter = gamma[..., None] * jnp.einsum("...vk,...rk->...rv", S, q)  # γ_r S_0 q_r
     out = inter + jnp.einsum("...ri,...iv->...rv", decay * qk, U)
@@ -255,8 +275,8 @@ def deltanet(
     ``chunk_size=C`` gives the cell the chunkwise parallel path ([`delta_chunkwise`][rnnjax.delta_chunkwise],
     the WY / UT transform of Yang et al. 2024) as its fused ``sequence``, used by
     [`rnnjax.unroll`][rnnjax.flax.unroll] (with ``lengths`` and ``reverse``; ``resets`` and ``return_carries``
-    fall back to the scan over ``apply``); the default, 16, trains 14x faster than the plain scan
-    at B=32, T=64, H=64 on a 2-core CPU (one configuration; 4.9x vmapped over 15). ``None``: the
+    fall back to the scan over ``apply``); the default, 16, trains 10x faster than the plain scan
+    at B=32, T=64, H=64 on a 2-core CPU (one configuration; 6x vmapped over 15). ``None``: the
     plain scan over ``apply``.
 
     Default initialisation (ours; the papers' layers add a convolution, SiLU and an output gate
