@@ -111,3 +111,31 @@ def test_bad_arguments():
         inits.pytorch_uniform(0)
     with pytest.raises(ValueError, match="column blocks"):
         inits.blockwise(inits.identity(), 3)(KEY, (4, 10))
+
+
+def test_expm_of_the_orthogonal_cell_runs_unbatched_under_vmap():
+    """expRNN's ``expm`` (an LU solve inside) vmapped over a sweep's stacked params: every LAPACK
+    call of the compiled training step is unbatched (a batched one can deadlock a 2-core CPU, see
+    rnnjax._lapack), and values and gradients equal jax.scipy's batched expm."""
+    import re
+
+    from jax.scipy.linalg import expm
+
+    from rnnjax.cells.orthogonal import orthogonal_matrix
+
+    A = jax.random.normal(KEY, (3, 6, 6))
+
+    def grads(f):
+        return jax.jit(jax.vmap(jax.value_and_grad(lambda a: jnp.sum(f(a) ** 3))))
+
+    safe, plain = grads(orthogonal_matrix), grads(lambda a: expm(a - a.T))
+    for x, y in zip(jax.tree_util.tree_leaves(safe(A)), jax.tree_util.tree_leaves(plain(A))):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+
+    def lapack_operands(f):
+        hlo = f.lower(A).compile().as_text()
+        return [line for line in hlo.splitlines() if 'custom_call_target="lapack' in line]
+
+    assert lapack_operands(plain) and all("f32[3,6,6]" in line for line in lapack_operands(plain))
+    calls = lapack_operands(safe)
+    assert calls and not [line for line in calls if re.search(r"f32\[3,6,6\]", line)]

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jax.scipy.linalg import expm
 
 from rnnjax import initializers as inits
+from rnnjax._lapack import one_matrix_at_a_time
 from rnnjax.cells._common import (
     check_activation,
     check_batch_shape,
@@ -42,15 +43,21 @@ def henaff_skew_init(key: PRNGKey, shape: tuple[int, ...], dtype=jnp.float32) ->
     return jnp.zeros((n, n), jnp.float32).at[i, i + 1].set(s).astype(dtype)
 
 
+# expm's Padé step solves with LU: batched (a vmapped sweep) it can hang a 2-core CPU (see
+# rnnjax._lapack), so vmapped params compute their exponentials one after another
+_expm = one_matrix_at_a_time(expm)
+
+
 def orthogonal_matrix(a: Array) -> Array:
     """``expm(A - Aᵀ)``: the orthogonal (special orthogonal) matrix of a square ``A``.
 
     For half-precision ``A`` (bfloat16, float16, which ``expm`` does not take) the exponential is
-    computed in float32 and the result returned in ``A``'s dtype.
+    computed in float32 and the result returned in ``A``'s dtype. Under ``vmap`` (stacked params
+    of a sweep) the exponentials are computed one after another (``rnnjax._lapack``).
     """
     if jnp.finfo(a.dtype).bits < 32:
-        return expm((a - a.T).astype(jnp.float32)).astype(a.dtype)
-    return expm(a - a.T)
+        return _expm((a - a.T).astype(jnp.float32)).astype(a.dtype)
+    return _expm(a - a.T)
 
 
 def orthogonal(
