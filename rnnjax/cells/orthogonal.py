@@ -53,7 +53,9 @@ def orthogonal_matrix(a: Array) -> Array:
 
     For half-precision ``A`` (bfloat16, float16, which ``expm`` does not take) the exponential is
     computed in float32 and the result returned in ``A``'s dtype. Under ``vmap`` (stacked params
-    of a sweep) the exponentials are computed one after another (``rnnjax._lapack``).
+    of a sweep) the exponentials are computed one after another (``rnnjax._lapack``). Its
+    derivative with respect to ``A`` is reverse mode only (a ``jax.custom_vjp``): ``jax.grad``
+    works, ``jax.jvp`` / ``jax.jacfwd`` with respect to ``A`` raise.
     """
     if jnp.finfo(a.dtype).bits < 32:
         return _expm((a - a.T).astype(jnp.float32)).astype(a.dtype)
