@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import rnnjax  # noqa: E402
 from rnnjax import _native, machine  # noqa: E402
-from speed import parse_list, parse_sizes  # noqa: E402
+from speed import checked_args  # noqa: E402
 
 
 def _median_ms(f, args, repeats: int) -> float:
@@ -153,13 +153,7 @@ def main(argv=None) -> None:
     ap.add_argument("--gemm", choices=("auto", "blas", "micro"), default="auto",
                     help="the kernels' per-step GEMM (blas + scalar: the kernels before the AVX2 paths)")
     args = ap.parse_args(argv)
-    if args.repeats < 1:
-        ap.error(f"--repeats must be positive, got {args.repeats}")
-    try:  # the parsers of benchmarks/speed.py
-        cells = parse_list(args.cells, ("lstm", "gru"), "--cells")
-        sizes = parse_sizes(args.sizes)
-    except argparse.ArgumentTypeError as e:
-        ap.error(str(e))
+    sizes, cells = checked_args(ap, args, args.sizes, args.cells)
     if not _native.available():
         sys.exit(f"the native kernels are not available: {_native.reason()}")
     kern = _native._load()["module"]

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax
 import jax.numpy as jnp
-from speed import parse_list, parse_sizes
+from speed import checked_args
 
 import rnnjax
 
@@ -39,13 +39,10 @@ def main(argv=None) -> None:
     ap.add_argument("--cells", default="lstm,gru", help="comma list of lstm, gru (gru: reset before)")
     ap.add_argument("--repeats", type=int, default=7, help="interleaved timed rounds (median), >= 1")
     args = ap.parse_args(argv)
-    if args.repeats < 1:
-        ap.error(f"--repeats must be >= 1, got {args.repeats}")
-    try:
-        (s,) = parse_sizes(args.size)
-        cells = parse_list(args.cells, ("lstm", "gru"), "--cells")
-    except (argparse.ArgumentTypeError, ValueError) as e:
-        ap.error(str(e))
+    sizes, cells = checked_args(ap, args, args.size, args.cells)
+    if len(sizes) != 1:
+        ap.error(f"--size must be one BxTxDxH, got {args.size!r}")
+    (s,) = sizes
     Ks = [k.strip() for k in args.K.split(",") if k.strip()]
     if not Ks or not all(k.isdigit() and int(k) > 0 for k in Ks):
         ap.error(f"--K must be a comma list of positive ints, got {args.K!r}")

@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rnnjax  # noqa: E402
 from rnnjax import machine  # noqa: E402
 from rnnjax.cells import fused  # noqa: E402
-from speed import parse_list, parse_sizes  # noqa: E402
+from speed import checked_args  # noqa: E402
 
 
 def parts(cell: str, B: int, T: int, D: int, H: int) -> dict:
@@ -98,13 +98,7 @@ def main(argv=None) -> None:
     ap.add_argument("--cells", default="lstm,gru", help="comma list of lstm, gru")
     ap.add_argument("--repeats", type=int, default=11, help="interleaved timing rounds")
     args = ap.parse_args(argv)
-    if args.repeats < 1:
-        ap.error(f"--repeats must be positive, got {args.repeats}")
-    try:  # the parsers of benchmarks/speed.py
-        cells = parse_list(args.cells, ("lstm", "gru"), "--cells")
-        sizes = parse_sizes(args.sizes)
-    except argparse.ArgumentTypeError as e:
-        ap.error(str(e))
+    sizes, cells = checked_args(ap, args, args.sizes, args.cells)
     m = machine()
     print(f"CPU {m['cpu']} ({m['cpu_isa']}), {m['cpu_count']} cores; jax {m['jax']}, backend "
           f"{m['backend']}; median of {args.repeats} interleaved rounds, ms\n")

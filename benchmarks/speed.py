@@ -183,6 +183,19 @@ def parse_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
     return items
 
 
+def checked_args(ap: argparse.ArgumentParser, args: argparse.Namespace, sizes: str, cells: str,
+                 allowed: tuple[str, ...] = ("lstm", "gru")) -> tuple[list[Size], list[str]]:
+    """``(sizes, cells)`` parsed from the texts ``sizes`` and ``cells`` of the profiling scripts,
+    with ``args.repeats >= 1``; anything else is ``ap.error`` (exit 2, naming the argument)."""
+    if args.repeats < 1:
+        ap.error(f"--repeats must be positive, got {args.repeats}")
+    try:
+        return parse_sizes(sizes), parse_list(cells, allowed, "--cells")
+    except argparse.ArgumentTypeError as e:
+        ap.error(str(e))
+        raise  # ap.error exits; this keeps the type checker informed
+
+
 def make_tx() -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(CLIP_NORM), optax.adam(LEARNING_RATE))
 

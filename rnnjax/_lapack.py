@@ -13,27 +13,29 @@ the CPU idle (seen with jax 0.10.2: the stack ends in ``ParallelBatchMap`` ->
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 
 from rnnjax.types import Array
 
 
-def one_matrix_at_a_time(f: Callable[[Array], Array]) -> Callable[[Array], Array]:
-    """``f`` (one array in, one out, differentiable in reverse mode) whose ``vmap`` runs the
-    members sequentially, its VJP too; unbatched, the same values as ``f``. Forward-mode
-    derivatives of the result are not defined (a ``jax.custom_vjp``)."""
+def one_matrix_at_a_time(f: Callable[[Array], Any]) -> Callable[[Array], Any]:
+    """``f`` (one array in, an array or a pytree of them out, e.g. ``jnp.linalg.qr``'s ``(q, r)``;
+    differentiable in reverse mode) whose ``vmap`` runs the members sequentially, its VJP too;
+    unbatched, the same values as ``f``. Forward-mode derivatives of the result are not defined
+    (a ``jax.custom_vjp``)."""
     primal = jax.custom_batching.sequential_vmap(f)
     pullback = jax.custom_batching.sequential_vmap(lambda a, g: jax.vjp(f, a)[1](g)[0])
 
     @jax.custom_vjp
-    def safe(a: Array) -> Array:
+    def safe(a: Array) -> Any:
         return primal(a)
 
-    def fwd(a: Array) -> tuple[Array, Array]:
+    def fwd(a: Array) -> tuple[Any, Array]:
         return primal(a), a
 
-    def bwd(a: Array, g: Array) -> tuple[Array]:
+    def bwd(a: Array, g: Any) -> tuple[Array]:
         return (pullback(a, g),)
 
     safe.defvjp(fwd, bwd)

@@ -25,9 +25,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.custom_batching import custom_vmap
 
 from rnnjax._checks import check_callable, check_int, check_number
+from rnnjax._lapack import one_matrix_at_a_time
 from rnnjax.types import Array, Initializer, PRNGKey
 
 
@@ -103,28 +103,10 @@ def lecun_normal(key: PRNGKey, shape: tuple[int, ...], dtype: Any = jnp.float32)
     return jax.random.normal(key, shape, dtype) * math.sqrt(1.0 / fan_in)
 
 
-@custom_vmap
-def _qr(a: Array) -> tuple[Array, Array]:
-    """``jnp.linalg.qr(a)``, computed one matrix at a time when batched by ``vmap``.
-
-    On CPU a batched LAPACK QR splits its batch over XLA's intra-op thread pool and blocks a
-    pool thread until the pieces finish. When two such QRs run at once (the independent
-    initialisers of a vmapped ``init``) on a pool of two threads (a 2-core machine), both threads
-    wait for work that no thread is left to run: the program hangs with the CPU idle (seen with
-    jax 0.10.2, e.g. ``jax.jit(jax.vmap(cell.init))`` over 16 keys). Under ``vmap`` this QR runs
-    the matrices one after another (``lax.map``), which never enters that path; the init is
-    cheap, so nothing measurable is lost.
-    """
-    q, r = jnp.linalg.qr(a)
-    return q, r
-
-
-@_qr.def_vmap
-def _qr_vmap(axis_size: int, in_batched: list[bool], a: Array):
-    del axis_size
-    if not in_batched[0]:
-        return _qr(a), (False, False)
-    return jax.lax.map(_qr, a), (True, True)
+# ``jnp.linalg.qr`` one matrix at a time under ``vmap``: batched LAPACK QRs running at once (the
+# independent initialisers of a vmapped ``init``, e.g. ``jax.jit(jax.vmap(cell.init))`` over 16
+# keys) hang a 2-core CPU (see rnnjax._lapack); the init is cheap, so nothing measurable is lost
+_qr = one_matrix_at_a_time(lambda a: tuple(jnp.linalg.qr(a)))
 
 
 def orthogonal(scale: float = 1.0) -> Initializer:
